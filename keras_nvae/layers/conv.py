@@ -1,0 +1,188 @@
+"""Weight-normalised 2-D convolution with PyTorch-style symmetric padding."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def torch_default_initializer():
+    """Keras equivalent of PyTorch's default conv/linear weight initialiser.
+
+    PyTorch draws `kaiming_uniform(a=sqrt(5))`, i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+
+    Returns:
+        A `keras.initializers.VarianceScaling` instance.
+    """
+    return keras.initializers.VarianceScaling(
+        scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
+    )
+
+
+@keras.saving.register_keras_serializable(package="keras_nvae")
+class Conv2D(keras.layers.Layer):
+    """2-D convolution with NVAE's weight normalisation.
+
+    The effective kernel is `exp(g) * v / (||v|| + 1e-5)` where the norm is taken
+    over (kh, kw, C_in) for each output channel and `g` (`log_weight_norm`) is
+    initialised to `log(||v_init|| + 1e-2)`, as in the official NVAE. Padding is
+    symmetric (PyTorch convention), which matters for strided convolutions.
+
+    Only dense (`groups=1`) and depthwise (`groups == C_in == filters`)
+    convolutions are supported.
+
+    Args:
+        filters: int, number of output channels.
+        kernel_size: int, square kernel size.
+        strides: int, 1 or 2.
+        padding: int or None. Symmetric zero padding; None means
+            `dilation_rate * (kernel_size - 1) // 2`.
+        dilation_rate: int.
+        groups: int, 1 or the number of input channels (depthwise).
+        use_bias: bool.
+        weight_norm: bool. If False the raw kernel is used (NVAE's MBConv
+            convolutions).
+        **kwargs: base `keras.layers.Layer` arguments.
+
+    Example:
+    ```python
+    conv = keras_nvae.layers.Conv2D(16, 3, use_bias=True)
+    y = conv(tf.zeros((2, 8, 8, 4)))  # (2, 8, 8, 16)
+    ```
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=1,
+        padding=None,
+        dilation_rate=1,
+        groups=1,
+        use_bias=False,
+        weight_norm=True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if strides not in (1, 2):
+            raise ValueError(f"`strides` must be 1 or 2, got {strides}.")
+        self.filters = int(filters)
+        self.kernel_size = int(kernel_size)
+        self.strides = int(strides)
+        self.dilation_rate = int(dilation_rate)
+        self.padding = (
+            self.dilation_rate * (self.kernel_size - 1) // 2
+            if padding is None
+            else int(padding)
+        )
+        self.groups = int(groups)
+        self.use_bias = use_bias
+        self.weight_norm = weight_norm
+
+    def kernel_mask(self, input_channels):
+        """Multiplicative kernel mask (Keras layout) or None; see `MaskedConv2D`."""
+        return None
+
+    def build(self, input_shape):
+        in_channels = int(input_shape[-1])
+        if self.groups not in (1, in_channels) or (
+            self.groups > 1 and self.groups != self.filters
+        ):
+            raise ValueError(
+                "Only dense (groups=1) and depthwise (groups == input channels == "
+                f"filters) convolutions are supported; got groups={self.groups}, "
+                f"input channels={in_channels}, filters={self.filters}."
+            )
+        self.in_channels = in_channels
+        k = self.kernel_size
+        kernel_shape = (k, k, in_channels // self.groups, self.filters)
+        self.kernel = self.add_weight(
+            name="kernel", shape=kernel_shape, initializer=torch_default_initializer()
+        )
+        mask = self.kernel_mask(in_channels)
+        self._mask = None if mask is None else np.asarray(mask, dtype="float32")
+        if self.use_bias:
+            bound = 1.0 / np.sqrt(k * k * in_channels // self.groups)
+            self.bias = self.add_weight(
+                name="bias",
+                shape=(self.filters,),
+                initializer=keras.initializers.RandomUniform(-bound, bound),
+            )
+        if self.weight_norm:
+
+            def initial_log_norm(shape, dtype=None):
+                kernel = tf.convert_to_tensor(self.kernel)
+                if self._mask is not None:
+                    kernel = kernel * self._mask
+                norm = tf.sqrt(tf.reduce_sum(tf.square(kernel), axis=(0, 1, 2)))
+                return tf.math.log(norm + 1e-2)
+
+            self.log_weight_norm = self.add_weight(
+                name="log_weight_norm", shape=(self.filters,), initializer=initial_log_norm
+            )
+
+    def normalized_kernel(self):
+        """The effective kernel, (kh, kw, C_in / groups, C_out)."""
+        kernel = tf.convert_to_tensor(self.kernel)
+        if self._mask is not None:
+            kernel = kernel * tf.constant(self._mask, dtype=kernel.dtype)
+        if self.weight_norm:
+            norm = tf.sqrt(tf.reduce_sum(tf.square(kernel), axis=(0, 1, 2)))
+            kernel = tf.exp(self.log_weight_norm) * kernel / (norm + 1e-5)
+        return kernel
+
+    def spectral_matrix(self):
+        """The effective kernel as a (C_out, -1) matrix for spectral regularisation."""
+        kernel = self.normalized_kernel()
+        return tf.reshape(tf.transpose(kernel, (3, 0, 1, 2)), (self.filters, -1))
+
+    def call(self, inputs):
+        kernel = tf.cast(self.normalized_kernel(), self.compute_dtype)
+        x = inputs
+        dilations = (self.dilation_rate, self.dilation_rate)
+        if self.strides == 1 and self.padding * 2 == self.dilation_rate * (
+            self.kernel_size - 1
+        ):
+            padding = "SAME"
+        else:
+            padding = "VALID"
+            if self.padding:
+                p = self.padding
+                x = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
+        strides = (1, self.strides, self.strides, 1)
+        if self.groups == 1:
+            y = tf.nn.conv2d(x, kernel, strides, padding, dilations=dilations)
+        else:
+            kernel = tf.reshape(
+                kernel, (self.kernel_size, self.kernel_size, self.filters, 1)
+            )
+            y = tf.nn.depthwise_conv2d(
+                x, kernel, strides, padding, dilations=dilations
+            )
+        if self.use_bias:
+            y = y + tf.cast(self.bias, self.compute_dtype)
+        return y
+
+    def compute_output_shape(self, input_shape):
+        def out(n):
+            if n is None:
+                return None
+            eff = self.dilation_rate * (self.kernel_size - 1) + 1
+            return (n + 2 * self.padding - eff) // self.strides + 1
+
+        return (input_shape[0], out(input_shape[1]), out(input_shape[2]), self.filters)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "kernel_size": self.kernel_size,
+                "strides": self.strides,
+                "padding": self.padding,
+                "dilation_rate": self.dilation_rate,
+                "groups": self.groups,
+                "use_bias": self.use_bias,
+                "weight_norm": self.weight_norm,
+            }
+        )
+        return config

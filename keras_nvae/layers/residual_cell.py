@@ -1,0 +1,88 @@
+"""NVAE's residual cell: `skip(x) + 0.1 * SE(ops(x))`."""
+
+import keras
+
+from keras_nvae.layers.cell_ops import make_cell_op, stride_of
+from keras_nvae.layers.skips import FactorizedReduce, UpsampleSkip
+from keras_nvae.layers.squeeze_excitation import SqueezeExcitation
+
+
+@keras.saving.register_keras_serializable(package="keras_nvae")
+class ResidualCell(keras.layers.Layer):
+    """A residual cell of NVAE.
+
+    The branch runs the ops of the recipe in sequence (only the first op gets
+    the stride), optionally followed by squeeze-and-excitation; the output is
+    `skip + 0.1 * branch`. The skip is the identity, `FactorizedReduce` for
+    down cells or `UpsampleSkip` for up cells. Down cells double the channels
+    and up cells halve them.
+
+    Args:
+        filters: output channels.
+        cell_type: e.g. "normal_enc", "down_pre", "up_dec", "normal_post".
+        ops: tuple of op names (see `keras_nvae.config.ARCHITECTURES`).
+        use_se: bool.
+        **kwargs: base `keras.layers.Layer` arguments.
+
+    Example:
+    ```python
+    cell = keras_nvae.layers.ResidualCell(16, "normal_enc", ("bnswish", "bnswish"))
+    y = cell(tf.zeros((2, 8, 8, 16)))
+    ```
+    """
+
+    def __init__(self, filters, cell_type, ops, use_se=True, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.cell_type = cell_type
+        self.op_names = tuple(ops)
+        self.use_se = use_se
+        stride = stride_of(cell_type)
+        self.stride = stride
+        if stride == 2:
+            self.skip = FactorizedReduce(filters, name="skip")
+        elif stride == -1:
+            self.skip = UpsampleSkip(filters, name="skip")
+        else:
+            self.skip = None
+        self.ops = [
+            make_cell_op(name, filters, stride if i == 0 else 1)
+            for i, name in enumerate(self.op_names)
+        ]
+        self.se = SqueezeExcitation(name="se") if use_se else None
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        if self.skip is not None:
+            self.skip.build(shape)
+        for op in self.ops:
+            op.build(shape)
+            shape = tuple(op.compute_output_shape(shape))
+        if self.se is not None:
+            self.se.build(shape)
+
+    def compute_output_shape(self, input_shape):
+        factor = {1: 1, 2: 0.5, -1: 2}[self.stride]
+        spatial = tuple(None if d is None else int(d * factor) for d in input_shape[1:3])
+        return (input_shape[0],) + spatial + (self.filters,)
+
+    def call(self, inputs, training=None):
+        skip = inputs if self.skip is None else self.skip(inputs)
+        x = inputs
+        for op in self.ops:
+            x = op(x, training=training)
+        if self.se is not None:
+            x = self.se(x)
+        return skip + 0.1 * x
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "cell_type": self.cell_type,
+                "ops": list(self.op_names),
+                "use_se": self.use_se,
+            }
+        )
+        return config
