@@ -630,7 +630,9 @@ def decoder_num_channels(likelihood, num_channels, num_mixtures):
     if likelihood == "bernoulli":
         return num_channels
     if likelihood == "dmol":
-        return DiscretizedMixtureLogistics.num_params(num_channels, num_mixtures)
+        return DiscretizedMixtureLogistics.num_params(
+            num_channels, num_mixtures
+        )
     return 2 * num_channels
 
 

@@ -771,6 +771,23 @@ class NVAE(keras.Model):
             self._default_optimizer_pending = False
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
 
+    def get_compile_config(self):
+        if not self.compiled:
+            return None
+        return {
+            "optimizer": keras.saving.serialize_keras_object(self.optimizer),
+            "total_steps": int(keras.ops.convert_to_numpy(self.total_steps)),
+            "steps_per_epoch": self._compile_steps_per_epoch,
+            "jit_compile": self.jit_compile,
+        }
+
+    def compile_from_config(self, config):
+        config = dict(config)
+        optimizer = keras.saving.deserialize_keras_object(config.pop("optimizer"))
+        self.compile(optimizer=optimizer, **config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def _default_optimizer(self, total_steps, steps_per_epoch):
         c = self.config
         total_steps = max(int(total_steps), 1)
