@@ -769,6 +769,13 @@ class NVAE(keras.Model):
                 optimizer = self._default_optimizer(total_steps, steps_per_epoch)
         else:
             self._default_optimizer_pending = False
+        if keras.mixed_precision.global_policy().name == "mixed_float16" and not isinstance(
+            optimizer, keras.optimizers.LossScaleOptimizer
+        ):
+            # The official code starts its gradient scaler at 2**10 (Keras: 2**15).
+            optimizer = keras.optimizers.LossScaleOptimizer(
+                keras.optimizers.get(optimizer), initial_scale=2.0**10
+            )
         super().compile(optimizer=optimizer, jit_compile=jit_compile, **kwargs)
 
     def get_compile_config(self):

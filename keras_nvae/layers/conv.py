@@ -83,6 +83,8 @@ class Conv2D(keras.layers.Layer):
         return None
 
     def build(self, input_shape):
+        if self.built:
+            return
         in_channels = int(input_shape[-1])
         if self.groups not in (1, in_channels) or (
             self.groups > 1 and self.groups != self.filters

@@ -37,14 +37,29 @@ class BatchNorm(keras.layers.Layer):
         self.synchronized = synchronized
 
     def build(self, input_shape):
+        if self.built:
+            return
         channels = int(input_shape[-1])
-        self.gamma = self.add_weight(name="gamma", shape=(channels,), initializer="ones")
-        self.beta = self.add_weight(name="beta", shape=(channels,), initializer="zeros")
+        # Parameters and statistics stay float32 under mixed precision.
+        self.gamma = self.add_weight(
+            name="gamma", shape=(channels,), initializer="ones", autocast=False
+        )
+        self.beta = self.add_weight(
+            name="beta", shape=(channels,), initializer="zeros", autocast=False
+        )
         self.moving_mean = self.add_weight(
-            name="moving_mean", shape=(channels,), initializer="zeros", trainable=False
+            name="moving_mean",
+            shape=(channels,),
+            initializer="zeros",
+            trainable=False,
+            autocast=False,
         )
         self.moving_variance = self.add_weight(
-            name="moving_variance", shape=(channels,), initializer="ones", trainable=False
+            name="moving_variance",
+            shape=(channels,),
+            initializer="ones",
+            trainable=False,
+            autocast=False,
         )
 
     def _batch_moments(self, x):

@@ -1,0 +1,201 @@
+"""Layers against numpy re-implementations of the official PyTorch operations."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_nvae import layers
+from keras_nvae.layers.cell_ops import upsample_bilinear_align_corners
+
+RNG = np.random.RandomState(0)
+
+
+def torch_conv2d(x, weight, bias=None, stride=1, padding=0, groups=1):
+    """PyTorch conv2d (cross-correlation, symmetric padding) in numpy, NHWC input.
+
+    weight: PyTorch layout (C_out, C_in / groups, kh, kw).
+    """
+    n, h, w, c = x.shape
+    c_out, c_in_g, kh, kw = weight.shape
+    xp = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    oh = (h + 2 * padding - kh) // stride + 1
+    ow = (w + 2 * padding - kw) // stride + 1
+    out = np.zeros((n, oh, ow, c_out))
+    out_per_group = c_out // groups
+    for o in range(c_out):
+        g = o // out_per_group
+        for i in range(oh):
+            for j in range(ow):
+                patch = xp[:, i * stride : i * stride + kh, j * stride : j * stride + kw, g * c_in_g : (g + 1) * c_in_g]
+                out[:, i, j, o] = np.einsum("nhwc,chw->n", patch, weight[o])
+    if bias is not None:
+        out += bias
+    return out
+
+
+def torch_weight(conv):
+    """The layer's effective kernel in PyTorch layout."""
+    return np.transpose(conv.normalized_kernel().numpy(), (3, 2, 0, 1))
+
+
+def test_weight_norm_formula_and_initial_g():
+    conv = layers.Conv2D(5, 3, use_bias=True)
+    conv.build((None, 6, 6, 4))
+    v = conv.kernel.numpy()
+    norm = np.sqrt((v**2).sum(axis=(0, 1, 2)))
+    np.testing.assert_allclose(conv.log_weight_norm.numpy(), np.log(norm + 1e-2), rtol=1e-6)
+    g = RNG.randn(5).astype("float32")
+    conv.log_weight_norm.assign(g)
+    expected = np.exp(g) * v / (norm + 1e-5)
+    np.testing.assert_allclose(conv.normalized_kernel().numpy(), expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("stride, kernel, padding", [(1, 3, 1), (2, 3, 1), (2, 1, 0), (1, 5, 2)])
+def test_conv_matches_pytorch_padding_and_stride(stride, kernel, padding):
+    x = RNG.randn(2, 8, 8, 3).astype("float32")
+    conv = layers.Conv2D(4, kernel, strides=stride, padding=padding, use_bias=True)
+    y = conv(x).numpy()
+    expected = torch_conv2d(x.astype("float64"), torch_weight(conv), conv.bias.numpy(), stride, padding)
+    assert y.shape == expected.shape
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_depthwise_conv_matches_pytorch_groups():
+    x = RNG.randn(2, 6, 6, 4).astype("float32")
+    conv = layers.Conv2D(4, 5, groups=4, weight_norm=False)
+    y = conv(x).numpy()
+    expected = torch_conv2d(x.astype("float64"), torch_weight(conv), None, 1, 2, groups=4)
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
+    assert conv.spectral_matrix().shape == (4, 25)
+
+
+def test_conv_rejects_unsupported_groups():
+    with pytest.raises(ValueError, match="depthwise"):
+        layers.Conv2D(8, 3, groups=2)(np.zeros((1, 4, 4, 4), "float32"))
+
+
+def test_batchnorm_training_eval_and_unbiased_running_variance():
+    x = RNG.randn(4, 3, 3, 2).astype("float32") * 3 + 1
+    bn = layers.BatchNorm()
+    y = bn(x, training=True).numpy()
+    mean = x.mean(axis=(0, 1, 2))
+    var = x.var(axis=(0, 1, 2))
+    np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + 1e-5), rtol=1e-4, atol=1e-5)
+    n = 4 * 3 * 3
+    # PyTorch momentum 0.05 and the unbiased variance in the running estimate.
+    np.testing.assert_allclose(bn.moving_mean.numpy(), 0.05 * mean, rtol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), 0.95 + 0.05 * var * n / (n - 1), rtol=1e-5)
+    y_eval = bn(x, training=False).numpy()
+    expected = (x - bn.moving_mean.numpy()) / np.sqrt(bn.moving_variance.numpy() + 1e-5)
+    np.testing.assert_allclose(y_eval, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_bilinear_upsampling_uses_align_corners():
+    x = RNG.randn(1, 3, 4, 2).astype("float32")
+    y = upsample_bilinear_align_corners(tf.constant(x)).numpy()
+
+    def interp_axis(a, axis):
+        n = a.shape[axis]
+        coords = np.arange(2 * n) * (n - 1) / (2 * n - 1)
+        lo = np.floor(coords).astype(int)
+        hi = np.minimum(lo + 1, n - 1)
+        frac = coords - lo
+        shape = [1] * a.ndim
+        shape[axis] = -1
+        return np.take(a, lo, axis) * (1 - frac.reshape(shape)) + np.take(a, hi, axis) * frac.reshape(shape)
+
+    expected = interp_axis(interp_axis(x, 1), 2)
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+    # Corners are kept exactly (the defining property of align_corners=True).
+    np.testing.assert_allclose(y[:, [0, -1]][:, :, [0, -1]], x[:, [0, -1]][:, :, [0, -1]], rtol=1e-6)
+
+
+def test_squeeze_excitation_matches_numpy():
+    x = RNG.randn(2, 4, 4, 32).astype("float32")
+    se = layers.SqueezeExcitation()
+    y = se(x).numpy()
+    w1, b1 = se.squeeze.kernel.numpy(), se.squeeze.bias.numpy()
+    w2, b2 = se.excite.kernel.numpy(), se.excite.bias.numpy()
+    assert w1.shape == (32, 4)  # max(32 // 16, 4) hidden units
+    h = np.maximum(x.mean(axis=(1, 2)) @ w1 + b1, 0)
+    gate = 1 / (1 + np.exp(-(h @ w2 + b2)))
+    np.testing.assert_allclose(y, x * gate[:, None, None, :], rtol=1e-5, atol=1e-6)
+
+
+def test_factorized_reduce_is_four_shifted_strided_convs():
+    x = RNG.randn(2, 6, 6, 8).astype("float32")
+    skip = layers.FactorizedReduce(16)
+    y = skip(x).numpy()
+    assert y.shape == (2, 3, 3, 16)
+    swish = x / (1 + np.exp(-x))
+    shifted = [swish, swish[:, 1:, 1:], swish[:, :, 1:], swish[:, 1:, :]]
+    parts = [
+        torch_conv2d(s.astype("float64"), torch_weight(conv), conv.bias.numpy(), 2, 0)
+        for conv, s in zip(skip.convs, shifted)
+    ]
+    np.testing.assert_allclose(y, np.concatenate(parts, -1), rtol=1e-4, atol=1e-5)
+    assert [c.filters for c in skip.convs] == [4, 4, 4, 4]
+
+
+@pytest.mark.parametrize(
+    "cell_type, ops, in_shape, out_shape",
+    [
+        ("normal_enc", ("bnswish", "bnswish"), (2, 8, 8, 8), (2, 8, 8, 8)),
+        ("down_enc", ("bnswish", "bnswish"), (2, 8, 8, 8), (2, 4, 4, 16)),
+        ("normal_dec", ("mbconv_e6",), (2, 4, 4, 8), (2, 4, 4, 8)),
+        ("up_dec", ("mbconv_e6",), (2, 4, 4, 16), (2, 8, 8, 8)),
+    ],
+)
+def test_residual_cell_is_skip_plus_scaled_branch(cell_type, ops, in_shape, out_shape):
+    filters = out_shape[-1]
+    cell = layers.ResidualCell(filters, cell_type, ops)
+    x = RNG.randn(*in_shape).astype("float32")
+    y = cell(x, training=False).numpy()
+    assert y.shape == out_shape
+    skip = x if cell.skip is None else cell.skip(x).numpy()
+    branch = x
+    for op in cell.ops:
+        branch = op(branch, training=False)
+    branch = cell.se(branch).numpy()
+    np.testing.assert_allclose(y, skip + 0.1 * branch, rtol=1e-5, atol=1e-6)
+    clone = layers.ResidualCell.from_config(cell.get_config())
+    assert clone.get_config() == cell.get_config()
+
+
+def test_inverted_residual_hidden_width_and_no_weight_norm():
+    op = layers.InvertedResidual(8, stride=-1, expansion=6)
+    y = op(RNG.randn(1, 4, 4, 16).astype("float32"), training=True)
+    assert y.shape == (1, 8, 8, 8)
+    assert op.hidden == 96  # 6 x the op's input width, as in the official code
+    assert not op.conv_expand.weight_norm and not op.conv_expand.use_bias
+
+
+def test_combiners():
+    enc = layers.EncoderCombiner(8)
+    a, b = RNG.randn(2, 4, 4, 8).astype("float32"), RNG.randn(2, 4, 4, 16).astype("float32")
+    np.testing.assert_allclose(enc(a, b).numpy(), a + enc.conv(b).numpy(), rtol=1e-6)
+    dec = layers.DecoderCombiner(16)
+    z = RNG.randn(2, 4, 4, 4).astype("float32")
+    expected = dec.conv(np.concatenate([b, z], -1)).numpy()
+    np.testing.assert_allclose(dec(b, z).numpy(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        layers.Conv2D(4, 3, strides=2, use_bias=True, weight_norm=False),
+        layers.BatchNorm(momentum=0.9),
+        layers.BNSwishConv(8, stride=2),
+        layers.InvertedResidual(8, expansion=3),
+        layers.FactorizedReduce(8),
+        layers.UpsampleSkip(8),
+        layers.EncoderCombiner(8),
+        layers.DecoderCombiner(8),
+        layers.SqueezeExcitation(),
+    ],
+)
+def test_get_config_round_trip(layer):
+    clone = type(layer).from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    assert keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer)).get_config() == layer.get_config()
