@@ -1,0 +1,228 @@
+"""The NVAE model: forward pass, objective, training, sampling, saving, input errors."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_nvae import NVAE, NVAEConfig
+
+RNG = np.random.RandomState(0)
+
+
+def tiny_images(n=8, seed=0):
+    return np.random.RandomState(seed).randint(0, 256, (n, 16, 16, 3)).astype("uint8")
+
+
+def fixed_noise(model, n, seed=1):
+    rng = np.random.RandomState(seed)
+    return [rng.randn(n, *shape).astype("float32") for shape in model.latent_shapes]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return NVAE.from_preset("tiny")
+
+
+def test_forward_outputs_and_shapes(tiny):
+    x = tiny_images(2)
+    out = tiny(x, training=False, noise=fixed_noise(tiny, 2))
+    assert out["logits"].shape == (2, 16, 16, 3 * 10)  # M + 3*3*M with M = 3
+    assert out["kl"].shape == (2, tiny.num_groups) == (2, 4)
+    for key in ("log_q", "log_p", "recon_nll"):
+        assert out[key].shape == (2,)
+        assert np.all(np.isfinite(out[key].numpy()))
+    assert [tuple(z.shape[1:]) for z in out["latents"]] == tiny.latent_shapes
+    assert tiny.latent_shapes == [(4, 4, 4), (4, 4, 4), (8, 8, 4), (8, 8, 4)]
+    # With flows the KL is the one-sample estimate log q - log p.
+    np.testing.assert_allclose(
+        out["kl"].numpy().sum(1), (out["log_q"] - out["log_p"]).numpy(), rtol=1e-5, atol=1e-3
+    )
+
+
+def test_uint8_and_float_inputs_agree(tiny):
+    x = tiny_images(2)
+    noise = fixed_noise(tiny, 2)
+    a = tiny(x, training=False, noise=noise)["recon_nll"].numpy()
+    b = tiny(x.astype("float32") / 255.0, training=False, noise=noise)["recon_nll"].numpy()
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_analytic_kl_without_flows():
+    model = NVAE.from_preset("tiny", num_flows=0)
+    out = model(tiny_images(2), training=False, noise=fixed_noise(model, 2))
+    # Analytic KL differs from the one-sample estimate but both are finite and
+    # the analytic one is non-negative per group.
+    assert np.all(out["kl"].numpy() >= -1e-4)
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        (np.zeros((16, 16, 3), "uint8"), "NHWC images of shape"),
+        (np.zeros((2, 16, 16, 1), "uint8"), "NHWC images of shape"),
+        (np.zeros((2, 32, 32, 3), "uint8"), "NHWC images of shape"),
+        (np.zeros((2, 16, 16, 3), "int32"), "uint8 \\[0, 255\\] or float \\[0, 1\\]"),
+        (np.full((2, 16, 16, 3), 255.0, "float32"), "float images in \\[0, 1\\]"),
+        (np.full((2, 16, 16, 3), np.nan, "float32"), "float images in \\[0, 1\\]"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(tiny, images, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(images)
+
+
+def test_bad_noise_and_sample_arguments(tiny):
+    with pytest.raises(ValueError, match="list of 4 tensors"):
+        tiny(tiny_images(2), noise=fixed_noise(tiny, 2)[:2])
+    wrong = fixed_noise(tiny, 2)
+    wrong[1] = wrong[1][:, :2]
+    with pytest.raises(ValueError, match=r"noise\[1\] must have shape"):
+        tiny(tiny_images(2), noise=wrong)
+    with pytest.raises(ValueError, match="num_samples"):
+        tiny.sample(0)
+    with pytest.raises(ValueError, match="temperature"):
+        tiny.sample(2, temperature=0.0)
+
+
+def test_bernoulli_model_requires_binary_images():
+    model = NVAE.from_preset("mnist", num_channels_enc=4, num_channels_dec=4, num_groups_per_scale=2,
+                             num_latent_per_group=2, num_preprocess_cells=1, num_postprocess_cells=1,
+                             num_cell_per_cond_enc=1, num_cell_per_cond_dec=1)
+    binary = (RNG.rand(2, 28, 28, 1) > 0.5).astype("float32")
+    out = model(binary, training=False)
+    assert out["logits"].shape == (2, 32, 32, 1)  # padded to 32 inside the model
+    with pytest.raises(ValueError, match="binary images"):
+        model(binary * 0.5)
+
+
+def test_sample_shape_range_and_reproducibility(tiny):
+    images = tiny.sample(3, temperature=0.7, seed=7).numpy()
+    assert images.shape == (3, 16, 16, 3)
+    assert images.min() >= 0.0 and images.max() <= 1.0
+    np.testing.assert_array_equal(images, tiny.sample(3, temperature=0.7, seed=7).numpy())
+    pixels = tiny.sample(3, temperature=0.7, seed=7, output="sample").numpy()
+    assert pixels.min() >= 0.0 and pixels.max() <= 1.0
+    noise = fixed_noise(tiny, 3)
+    _, logits_a = tiny.sample(3, temperature=0.5, noise=noise, return_logits=True)
+    _, logits_b = tiny.sample(3, temperature=0.5, noise=noise, return_logits=True)
+    np.testing.assert_array_equal(logits_a.numpy(), logits_b.numpy())
+
+
+def test_sample_temperature_scales_prior_noise(tiny):
+    # At the top group z = 1.01 * t * eps: decoding those latents by hand equals sampling.
+    noise = fixed_noise(tiny, 2)
+    _, logits = tiny.sample(2, temperature=0.5, noise=noise, return_logits=True)
+    latents = [1.01 * 0.5 * noise[0]]
+
+    def latent_fn(group, s):
+        if group < len(latents):
+            return latents[group]
+        mu, log_sigma = np.split(tiny.dec_sampler[group - 1](tf.nn.elu(s)).numpy(), 2, axis=-1)
+        mu = 5 * np.tanh(mu / 5)
+        sigma = (np.exp(5 * np.tanh(log_sigma / 5)) + 1e-2) * 0.5
+        latents.append(mu + sigma * noise[group])
+        return latents[group]
+
+    expected = tiny._top_down(2, latent_fn)
+    np.testing.assert_allclose(logits.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_encode_decode_reconstruct(tiny):
+    x = tiny_images(2)
+    noise = fixed_noise(tiny, 2)
+    latents = tiny.encode(x, noise=noise)
+    assert [tuple(z.shape[1:]) for z in latents] == tiny.latent_shapes
+    decoded = tiny.decode(latents).numpy()
+    reconstructed = tiny.reconstruct(x, noise=noise).numpy()
+    np.testing.assert_allclose(decoded, reconstructed, rtol=1e-5, atol=1e-5)
+    assert decoded.shape == (2, 16, 16, 3)
+
+
+def test_get_config_round_trip(tiny):
+    clone = NVAE.from_config(tiny.get_config())
+    assert clone.config == tiny.config
+    assert NVAE(tiny.config.to_dict()).config == tiny.config
+    with pytest.raises(ValueError, match="NVAEConfig or a dict"):
+        NVAE("cifar10")
+
+
+def test_objective_terms(tiny):
+    x = tiny_images(4)
+    terms = tiny.compute_objective(x, training=False, noise=fixed_noise(tiny, 4))
+    # Before training the KL coefficient sits at its minimum (1e-4).
+    assert float(terms["kl_coeff"]) == pytest.approx(1e-4)
+    assert float(terms["bn_reg"]) == pytest.approx(len(tiny._bn_layers))  # all gammas are 1
+    assert float(terms["spectral"]) > 0
+    assert float(terms["nelbo"]) == pytest.approx(float(terms["recon"] + terms["kl"]), rel=1e-5)
+
+
+def test_eager_and_xla_give_the_same_loss():
+    x = tiny_images(4)
+    eager_model = NVAE.from_preset("tiny")
+    xla_model = NVAE.from_preset("tiny")
+    xla_model.set_weights(eager_model.get_weights())
+    noise = fixed_noise(eager_model, 4)
+    eager = eager_model.compute_objective(x, training=True, noise=noise)
+    compiled = tf.function(
+        lambda images, eps: xla_model.compute_objective(images, training=True, noise=eps),
+        jit_compile=True,
+    )
+    xla = compiled(tf.constant(x), [tf.constant(n) for n in noise])
+    # float32 sums of ~5e3 nats over 768 pixels: XLA reorders reductions, so allow 1e-5 relative.
+    for key in ("loss", "nelbo", "recon", "kl", "spectral", "bn_reg"):
+        np.testing.assert_allclose(float(xla[key]), float(eager[key]), rtol=1e-5, err_msg=key)
+    for a, b in zip(eager_model._bn_layers, xla_model._bn_layers):
+        np.testing.assert_allclose(a.moving_variance.numpy(), b.moving_variance.numpy(), rtol=1e-5)
+
+
+def test_fit_reduces_loss_and_save_load_round_trip(tmp_path):
+    model = NVAE.from_preset("tiny")
+    x = tiny_images(16)
+    ds = tf.data.Dataset.from_tensor_slices(x).batch(8)
+    model.compile()
+    before = model.evaluate(ds, verbose=0, return_dict=True)
+    history = model.fit(ds, epochs=4, verbose=0)
+    after = model.evaluate(ds, verbose=0, return_dict=True)
+    assert after["nelbo"] < before["nelbo"]
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    for key in ("loss", "nelbo", "recon", "kl", "bpd", "kl_coeff", "spectral", "bn_reg", "active_groups"):
+        assert key in history.history
+    # compile() resolved the schedules from fit: 4 epochs x 2 steps.
+    assert int(model.total_steps.numpy()) == 8 and int(model.global_step.numpy()) == 8
+    assert history.history["kl_coeff"][-1] == pytest.approx(1.0)
+
+    path = str(tmp_path / "tiny.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, NVAE) and loaded.config == model.config
+    noise = fixed_noise(model, 2)
+    np.testing.assert_array_equal(
+        model(x[:2], training=False, noise=noise)["logits"].numpy(),
+        loaded(x[:2], training=False, noise=noise)["logits"].numpy(),
+    )
+    # Training state survives: optimizer iterations and the step counter.
+    assert int(loaded.optimizer.iterations.numpy()) == int(model.optimizer.iterations.numpy())
+    assert int(loaded.global_step.numpy()) == 8
+    loaded.fit(ds, epochs=1, verbose=0)
+    assert int(loaded.global_step.numpy()) == 10
+
+
+def test_mixed_precision_forward_and_gradients():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = NVAE.from_preset("tiny")
+        assert model.stem.compute_dtype == "bfloat16"
+        with tf.GradientTape() as tape:
+            terms = model.compute_objective(tiny_images(2), training=True)
+        grads = tape.gradient(terms["loss"], model.trainable_variables)
+        assert terms["loss"].dtype == tf.float32 and np.isfinite(float(terms["loss"]))
+        assert all(g is not None and g.dtype == tf.float32 for g in grads)
+        # BN statistics and parameters stay float32.
+        assert model._bn_layers[0].moving_variance.dtype == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_default_config_is_valid():
+    assert NVAEConfig().groups_per_scale == (10,)
