@@ -308,18 +308,21 @@ def _read_checkpoint(path):
         raise FileNotFoundError(f"No checkpoint at {path!r}.")
     if path.endswith(".npz"):
         try:
-            data = np.load(path, allow_pickle=False)
-            files = data.files
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {key: data[key] for key in data.files}
         except Exception as error:  # zipfile/numpy errors for corrupt files
             raise CheckpointError(f"{path!r} is not a readable .npz file: {error}") from error
-        args_key = next((k for k in ("args_json", "config_json") if k in files), None)
+        args_key = next((k for k in ("args_json", "config_json") if k in arrays), None)
         if args_key is None:
             raise CheckpointError(
                 f"{path!r} has no 'args_json' entry holding the official train.py flags."
             )
-        args = json.loads(str(data[args_key]))
-        prefix = "param/" if any(k.startswith("param/") for k in files) else ""
-        state = {k[len(prefix):]: data[k] for k in files if k.startswith(prefix) and k != args_key}
+        try:
+            args = json.loads(str(arrays.pop(args_key)))
+        except (ValueError, TypeError) as error:
+            raise CheckpointError(f"{path!r}: {args_key!r} is not valid JSON: {error}") from error
+        prefix = "param/" if any(k.startswith("param/") for k in arrays) else ""
+        state = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
         return args, state
     try:
         import torch

@@ -276,6 +276,7 @@ class NVAE(keras.Model):
             dtype="int64",
             initializer="zeros",
             trainable=False,
+            aggregation="only_first_replica",
         )
         self.total_steps = self.add_weight(
             name="total_steps",

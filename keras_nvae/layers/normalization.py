@@ -53,6 +53,7 @@ class BatchNorm(keras.layers.Layer):
             initializer="zeros",
             trainable=False,
             autocast=False,
+            aggregation="mean",
         )
         self.moving_variance = self.add_weight(
             name="moving_variance",
@@ -60,6 +61,7 @@ class BatchNorm(keras.layers.Layer):
             initializer="ones",
             trainable=False,
             autocast=False,
+            aggregation="mean",
         )
 
     def _batch_moments(self, x):

@@ -1,0 +1,143 @@
+r"""Convert an official NVAE checkpoint (NVlabs/NVAE) to a Keras model.
+
+Reads the official `checkpoint.pt` (needs torch: `pip install 'keras_nvae[convert]'`) or a `.npz`
+export of it (flags as JSON under `args_json`, tensors under `param/<name>`), builds the matching
+`keras_nvae.NVAE`, loads every tensor and saves a `.keras` file (and, optionally, a TensorFlow
+SavedModel).
+
+Usage (from the repository root):
+```
+python -m trainers.convert --checkpoint=eval-cifar10/checkpoint.pt --output=nvae_cifar10.keras \
+    [--saved_model=nvae_cifar10_savedmodel] [--official_dmol]
+```
+
+`--official_dmol` keeps the official 8-bit DMoL quirks (right edge at 0.99, which leaves the
+likelihood unnormalised, and sampling temperature dividing the logistic scale); only use it to
+reproduce the official numbers exactly. See docs/official_checkpoints.md.
+
+Errors (missing file, unreadable or mismatched checkpoint, torch missing) print one message to
+stderr and exit with status 1.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import flags  # noqa: E402
+
+from trainers import CommandLineError  # noqa: E402
+from trainers import one_line  # noqa: E402
+from trainers import run_main  # noqa: E402
+
+# A private FlagValues (the convention of trainers/): importing this program next to the others,
+# which also define e.g. --checkpoint or --output, never clashes; `main` parses it.
+FLAGS = flags.FlagValues()
+flags.DEFINE_string(
+    "checkpoint", None, "Official checkpoint.pt, or a .npz export of it.", flag_values=FLAGS
+)
+flags.DEFINE_string("output", None, "Where to write the Keras model (.keras).", flag_values=FLAGS)
+flags.DEFINE_string(
+    "saved_model", None, "Optional directory for a TensorFlow SavedModel export.", flag_values=FLAGS
+)
+flags.DEFINE_bool(
+    "official_dmol",
+    False,
+    "Reproduce the official (unnormalised 8-bit) DMoL likelihood and its sampling temperature.",
+    flag_values=FLAGS,
+)
+
+SERVE_OUTPUTS = ("logits", "log_q", "log_p", "kl", "recon_nll")
+
+
+def export_saved_model(model, directory):
+    """Write `model` as a TensorFlow SavedModel.
+
+    Uses the model's own `export` when `NVAE` defines one. Keras' generic `Model.export` cannot
+    serve NVAE's forward pass (its "latents" output is a list), so otherwise a `serve` endpoint is
+    written with `keras.export.ExportArchive`: float32 images in [0, 1], shaped
+    `(batch,) + image_shape`, to the eval-mode outputs (random latent noise) without "latents".
+    """
+    import keras
+    import tensorflow as tf
+
+    if type(model).export is not keras.Model.export:
+        model.export(directory)
+        return
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+
+    def serve(images):
+        out = model(images, training=False)
+        return {key: out[key] for key in SERVE_OUTPUTS}
+
+    spec = tf.TensorSpec((None,) + tuple(model.config.image_shape), tf.float32, name="images")
+    archive.add_endpoint("serve", serve, input_signature=[spec])
+    archive.write_out(directory)
+
+
+def convert_checkpoint(checkpoint, output, saved_model=None, official_dmol=False):
+    """Load an official checkpoint and save it as `.keras` (and optionally a SavedModel).
+
+    Args:
+        checkpoint: path of the official `.pt` or a `.npz` export.
+        output: path of the `.keras` file to write.
+        saved_model: optional SavedModel directory.
+        official_dmol: build the model with `official_dmol=True`.
+
+    Returns:
+        The loaded `keras_nvae.NVAE`.
+
+    Raises:
+        FileNotFoundError, ImportError (torch missing for a `.pt`),
+        keras_nvae.convert.CheckpointError, ValueError (unsupported flags or output path).
+    """
+    from keras_nvae import convert
+
+    if not output.endswith(".keras"):
+        raise ValueError(f"--output must end in .keras, got {output!r}.")
+    overrides = {"official_dmol": True} if official_dmol else {}
+    model = convert.load_official_checkpoint(checkpoint, **overrides)
+    directory = os.path.dirname(os.path.abspath(output))
+    os.makedirs(directory, exist_ok=True)
+    model.save(output)
+    if saved_model:
+        export_saved_model(model, saved_model)
+    return model
+
+
+def convert():
+    """Convert as the flags say; raises `CommandLineError` for user errors."""
+    from keras_nvae import convert as convert_lib
+
+    for name in ("checkpoint", "output"):
+        if not FLAGS[name].value:
+            raise CommandLineError(f"--{name} is required.")
+    try:
+        convert_checkpoint(
+            FLAGS.checkpoint,
+            FLAGS.output,
+            saved_model=FLAGS.saved_model,
+            official_dmol=FLAGS.official_dmol,
+        )
+    except (OSError, ImportError, convert_lib.CheckpointError, ValueError) as error:
+        # Missing file, torch not installed, unreadable or mismatched checkpoint, unsupported
+        # flags (CheckpointError is a ValueError; listed for the reader).
+        raise CommandLineError(one_line(error)) from None
+    message = f"Wrote {FLAGS.output}"
+    if FLAGS.saved_model:
+        message += f" and the SavedModel {FLAGS.saved_model}"
+    print(message)
+
+
+def main(argv):
+    """Run the converter on a full command line (`argv[0]` is the program).
+
+    Returns:
+        The exit status: 0 on success, 1 on a user error (one line on stderr, no traceback).
+    """
+    return run_main(convert, FLAGS, argv, __doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
