@@ -431,10 +431,17 @@ class NVAE(keras.Model):
         return checked
 
     def _standard_normal(self, batch_size, shape, seed=None):
-        return keras.random.normal(
-            (batch_size,) + tuple(shape),
-            seed=self.seed_generator if seed is None else seed,
-        )
+        """Standard-normal noise (batch_size may be a tensor).
+
+        seed: None (draw from the model's seed generator) or a tuple of two
+        ints for a reproducible draw.
+        """
+        if seed is None:
+            seed = tf.cast(self.seed_generator.next(), tf.int32)
+        else:
+            seed = tf.constant(seed, tf.int32)
+        full_shape = tf.concat([tf.reshape(batch_size, (1,)), tuple(shape)], axis=0)
+        return tf.random.stateless_normal(full_shape, seed=seed)
 
     # ---------------------------------------------------------------- network
     def _bottom_up(self, x, training):
@@ -659,20 +666,25 @@ class NVAE(keras.Model):
             raise ValueError(f"`temperature` must be > 0, got {temperature!r}.")
         if noise is not None:
             noise = self._check_noise(noise, num_samples)
-        seeds = None
-        if seed is not None:
-            seeds = np.random.RandomState(seed).randint(0, 2**31 - 1, size=len(self.latent_shapes))
+        logits = self.prior_logits(num_samples, temperature, noise=noise, seed=seed)
+        images = self._images_from_logits(logits, output, seed=seed)
+        return (images, logits) if return_logits else images
 
+    def prior_logits(self, num_samples, temperature, noise=None, seed=None):
+        """Decoder parameters of samples from the prior (graph-friendly).
+
+        `num_samples` and `temperature` may be tensors (used by the exported
+        SavedModel); see `sample` for the arguments.
+        """
         def latent_fn(group, s):
             if noise is not None:
                 eps = noise[group]
-            elif seeds is not None:
-                eps = keras.random.normal(
-                    (num_samples,) + tuple(self.latent_shapes[group]),
-                    seed=int(seeds[group]),
-                )
             else:
-                eps = self._standard_normal(num_samples, self.latent_shapes[group])
+                eps = self._standard_normal(
+                    num_samples,
+                    self.latent_shapes[group],
+                    seed=None if seed is None else (int(seed), group),
+                )
             if group == 0:
                 dist = distributions.standard_normal_prior(eps, temperature)
             else:
@@ -682,6 +694,7 @@ class NVAE(keras.Model):
                 dist = distributions.normal_from_params(mu, log_sigma, temperature)
             return dist.loc + dist.scale * eps
 
+        return self._top_down(num_samples, latent_fn)
         logits = self._top_down(num_samples, latent_fn)
         images = self._images_from_logits(logits, output, seed=seed)
         return (images, logits) if return_logits else images
@@ -710,7 +723,7 @@ class NVAE(keras.Model):
         logits = self(images, training=False, noise=noise)["logits"]
         return self._images_from_logits(logits, output, seed=seed)
 
-    def log_likelihood(self, images, num_samples=100, batch_chunk=None):
+    def log_likelihood(self, images, num_samples=100):
         """Importance-weighted log p(x) in nats per image (BN in eval mode).
 
         `logsumexp_k(log p(x|z_k) + log p(z_k) - log q(z_k|x)) - log K`.
@@ -722,12 +735,35 @@ class NVAE(keras.Model):
         Returns:
             (batch,) float32 tensor of log-likelihoods in nats.
         """
-        log_weights = []
-        for _ in range(int(num_samples)):
-            out = self(images, training=False)
-            log_weights.append(-out["recon_nll"] - out["log_q"] + out["log_p"])
-        log_weights = tf.stack(log_weights, axis=0)
-        return tf.reduce_logsumexp(log_weights, axis=0) - math.log(num_samples)
+        num_samples = int(num_samples)
+        if num_samples < 1:
+            raise ValueError(f"`num_samples` must be >= 1, got {num_samples}.")
+        x, target = self.preprocess_images(images)
+
+        def body(k, total):
+            out = self._network(x, training=False)
+            log_p_x = self.decoder_distribution(out["logits"]).log_prob(target)
+            log_weight = log_p_x - out["log_q"] + out["log_p"]
+            return k + 1, tf.reduce_logsumexp(tf.stack([total, log_weight]), axis=0)
+
+        initial = tf.fill(tf.shape(x)[:1], -float("inf"))
+        # A while loop (not a Python loop) keeps the graph small for any K.
+        _, total = tf.while_loop(
+            lambda k, _: k < num_samples, body, (tf.constant(0), initial)
+        )
+        return total - math.log(num_samples)
+
+    def export(self, filepath, format="tf_saved_model", verbose=True, **kwargs):
+        """Export a SavedModel with `sample` (serving default), `reconstruct`,
+        `encode` and `log_likelihood` endpoints; see
+        `keras_nvae.export.export_saved_model` for the signatures."""
+        from keras_nvae import export as export_lib
+
+        if format != "tf_saved_model":
+            raise ValueError(
+                f"NVAE.export supports format='tf_saved_model' only, got {format!r}."
+            )
+        return export_lib.export_saved_model(self, filepath, verbose=verbose, **kwargs)
 
     # ---------------------------------------------------------------- training
     @property
