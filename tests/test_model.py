@@ -226,3 +226,24 @@ def test_mixed_precision_forward_and_gradients():
 
 def test_default_config_is_valid():
     assert NVAEConfig().groups_per_scale == (10,)
+
+
+def test_fit_with_jit_compile():
+    # A smaller configuration than "tiny": XLA compiles of NVAE graphs are slow on a CPU.
+    model = NVAE.from_preset(
+        "tiny",
+        image_shape=(8, 8, 3),
+        num_latent_scales=1,
+        num_groups_per_scale=2,
+        num_preprocess_cells=1,
+        num_postprocess_cells=1,
+        num_flows=0,
+    )
+    before = [w.copy() for w in model.get_weights()]
+    model.compile(total_steps=2, jit_compile=True)
+    assert model.jit_compile
+    x = np.random.RandomState(0).randint(0, 256, (4, 8, 8, 3)).astype("uint8")
+    history = model.fit(x, batch_size=4, epochs=2, verbose=0)
+    assert all(np.isfinite(history.history["loss"]))
+    assert int(model.global_step.numpy()) == 2
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
