@@ -51,7 +51,7 @@ def test_weight_norm_formula_and_initial_g():
     np.testing.assert_allclose(conv.normalized_kernel().numpy(), expected, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("stride, kernel, padding", [(1, 3, 1), (2, 3, 1), (2, 1, 0), (1, 5, 2)])
+@pytest.mark.parametrize("stride, kernel, padding", [(1, 3, 1), (2, 3, 1), (2, 1, 0), (1, 1, 0), (1, 5, 2)])
 def test_conv_matches_pytorch_padding_and_stride(stride, kernel, padding):
     x = RNG.randn(2, 8, 8, 3).astype("float32")
     conv = layers.Conv2D(4, kernel, strides=stride, padding=padding, use_bias=True)
@@ -68,6 +68,23 @@ def test_depthwise_conv_matches_pytorch_groups():
     expected = torch_conv2d(x.astype("float64"), torch_weight(conv), None, 1, 2, groups=4)
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
     assert conv.spectral_matrix().shape == (4, 25)
+
+
+def test_depthwise_custom_gradient_matches_tensorflow():
+    from keras_nvae.layers.conv import depthwise_conv_same
+
+    x = tf.constant(RNG.randn(3, 6, 7, 5).astype("float32"))
+    kernel = tf.constant(RNG.randn(5, 5, 5, 1).astype("float32"))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x, kernel])
+        ours = depthwise_conv_same(x, kernel)
+        reference = tf.nn.depthwise_conv2d(x, kernel, (1, 1, 1, 1), "SAME")
+        loss_ours = tf.reduce_sum(ours * tf.sin(ours))
+        loss_reference = tf.reduce_sum(reference * tf.sin(reference))
+    np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-6, atol=1e-6)
+    for a, b in zip(tape.gradient(loss_ours, [x, kernel]), tape.gradient(loss_reference, [x, kernel])):
+        # float32 sums over up to 3*6*7 terms in a different order.
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4 * np.abs(b.numpy()).max())
 
 
 def test_conv_rejects_unsupported_groups():
