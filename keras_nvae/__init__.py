@@ -4,7 +4,19 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from keras_nvae import config, distributions, flows, layers, objectives, optimizers, presets  # noqa: E402
+from keras_nvae import (  # noqa: E402
+    config,
+    convert,
+    data,
+    distributions,
+    evaluation,
+    export,
+    flows,
+    layers,
+    objectives,
+    optimizers,
+    presets,
+)
 from keras_nvae.config import NVAEConfig  # noqa: E402
 from keras_nvae.model import NVAE  # noqa: E402
 

@@ -9,18 +9,6 @@ from keras_nvae import distributions
 from keras_nvae.model import _unpack_images
 
 
-def _images_per_pass(model, batch_size, images_per_pass):
-    if images_per_pass is None:
-        images_per_pass = 2 * model.config.batch_size
-    if isinstance(images_per_pass, bool) or not isinstance(images_per_pass, int):
-        raise ValueError(
-            f"`images_per_pass` must be a positive int or None, got {images_per_pass!r}."
-        )
-    if images_per_pass < 1:
-        raise ValueError(f"`images_per_pass` must be >= 1, got {images_per_pass}.")
-    return max(1, images_per_pass // batch_size)
-
-
 def bits_per_dim(model, dataset, num_samples=1000, max_batches=None, images_per_pass=None):
     """Importance-weighted negative log-likelihood of a dataset.
 
@@ -40,8 +28,8 @@ def bits_per_dim(model, dataset, num_samples=1000, max_batches=None, images_per_
         num_samples: K, the number of importance samples per image.
         max_batches: optional int, evaluate only this many batches.
         images_per_pass: optional int, the most images (batch size times
-            samples) one forward pass sees. Default: twice the model's
-            configured training batch size.
+            samples) one forward pass sees, though always at least one copy
+            of the batch. Default: twice the model's training batch size.
 
     Returns:
         dict with `"nll_nats"` (mean negative log-likelihood per image in nats,
@@ -55,19 +43,22 @@ def bits_per_dim(model, dataset, num_samples=1000, max_batches=None, images_per_
 
     Example:
     ```python
-    test = keras_nvae.data.make_dataset("digits", "test", batch_size=64)
-    keras_nvae.evaluation.bits_per_dim(model, test, num_samples=100)
+    from keras_nvae import data, evaluation
+
+    test = data.make_dataset("digits", "test", batch_size=64)
+    evaluation.bits_per_dim(model, test, num_samples=100)
     # {"nll_nats": 160.2, "bpd": 3.61, "num_images": 359}
     ```
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"`num_samples` must be a positive int, got {num_samples!r}.")
-    if max_batches is not None and (
-        isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1
-    ):
-        raise ValueError(
-            f"`max_batches` must be a positive int or None, got {max_batches!r}."
-        )
+    for name, value in (("max_batches", max_batches), ("images_per_pass", images_per_pass)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ValueError(f"`{name}` must be a positive int or None, got {value!r}.")
+    if images_per_pass is None:
+        images_per_pass = 2 * model.config.batch_size
 
     @tf.function(reduce_retracing=True)
     def log_weights(images, copies):
@@ -83,11 +74,11 @@ def bits_per_dim(model, dataset, num_samples=1000, max_batches=None, images_per_
         images = _unpack_images(batch)
         model.preprocess_images(images)  # Eager validation: clear errors for bad data.
         batch_size = int(images.shape[0])
-        per_pass = _images_per_pass(model, batch_size, images_per_pass)
+        copies_per_pass = max(1, images_per_pass // batch_size)
         chunks = []
         remaining = num_samples
         while remaining:
-            copies = min(per_pass, remaining)
+            copies = min(copies_per_pass, remaining)
             chunks.append(log_weights(images, tf.constant(copies)))
             remaining -= copies
         log_w = tf.concat(chunks, axis=1)
@@ -131,7 +122,9 @@ def readjust_bn(model, temperature=0.7, steps=500, batch_size=16, seed=None):
 
     Example:
     ```python
-    keras_nvae.evaluation.readjust_bn(model, temperature=0.7)
+    from keras_nvae import evaluation
+
+    evaluation.readjust_bn(model, temperature=0.7)
     images = model.sample(16, temperature=0.7)
     ```
     """
@@ -143,23 +136,9 @@ def readjust_bn(model, temperature=0.7, steps=500, batch_size=16, seed=None):
     seed_generator = keras.random.SeedGenerator(seed)
     temperature = float(temperature)
 
-    def latent_fn(group, s):
-        # z from the prior at `temperature`, as `NVAE.sample` draws it.
-        eps = keras.random.normal(
-            (batch_size,) + tuple(model.latent_shapes[group]), seed=seed_generator
-        )
-        if group == 0:
-            prior = distributions.standard_normal_prior(eps, temperature)
-        else:
-            mu, log_sigma = distributions.split_normal_params(
-                tf.cast(model.dec_sampler[group - 1](tf.nn.elu(s)), tf.float32)
-            )
-            prior = distributions.normal_from_params(mu, log_sigma, temperature)
-        return prior.loc + prior.scale * eps
-
     @tf.function
     def sampling_pass():
-        model._top_down(batch_size, latent_fn, training=True)
+        model.prior_logits(batch_size, temperature, seed=seed_generator, training=True)
 
     for _ in range(steps):
         sampling_pass()

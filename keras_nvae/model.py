@@ -433,11 +433,13 @@ class NVAE(keras.Model):
     def _standard_normal(self, batch_size, shape, seed=None):
         """Standard-normal noise (batch_size may be a tensor).
 
-        seed: None (draw from the model's seed generator) or a tuple of two
-        ints for a reproducible draw.
+        seed: None (draw from the model's seed generator), a
+        `keras.random.SeedGenerator`, or a tuple of two ints for a fixed draw.
         """
         if seed is None:
             seed = tf.cast(self.seed_generator.next(), tf.int32)
+        elif isinstance(seed, keras.random.SeedGenerator):
+            seed = tf.cast(seed.next(), tf.int32)
         else:
             seed = tf.constant(seed, tf.int32)
         full_shape = tf.concat([tf.reshape(batch_size, (1,)), tuple(shape)], axis=0)
@@ -670,20 +672,24 @@ class NVAE(keras.Model):
         images = self._images_from_logits(logits, output, seed=seed)
         return (images, logits) if return_logits else images
 
-    def prior_logits(self, num_samples, temperature, noise=None, seed=None):
+    def prior_logits(self, num_samples, temperature, noise=None, seed=None, training=False):
         """Decoder parameters of samples from the prior (graph-friendly).
 
         `num_samples` and `temperature` may be tensors (used by the exported
-        SavedModel); see `sample` for the arguments.
+        SavedModel); `seed` may also be a `keras.random.SeedGenerator`; see
+        `sample` for the other arguments. `training=True` runs BN in
+        batch-statistics mode (BN re-adjustment).
         """
         def latent_fn(group, s):
             if noise is not None:
                 eps = noise[group]
             else:
+                if seed is None or isinstance(seed, keras.random.SeedGenerator):
+                    group_seed = seed
+                else:
+                    group_seed = (int(seed), group)
                 eps = self._standard_normal(
-                    num_samples,
-                    self.latent_shapes[group],
-                    seed=None if seed is None else (int(seed), group),
+                    num_samples, self.latent_shapes[group], seed=group_seed
                 )
             if group == 0:
                 dist = distributions.standard_normal_prior(eps, temperature)
@@ -694,10 +700,7 @@ class NVAE(keras.Model):
                 dist = distributions.normal_from_params(mu, log_sigma, temperature)
             return dist.loc + dist.scale * eps
 
-        return self._top_down(num_samples, latent_fn)
-        logits = self._top_down(num_samples, latent_fn)
-        images = self._images_from_logits(logits, output, seed=seed)
-        return (images, logits) if return_logits else images
+        return self._top_down(num_samples, latent_fn, training=training)
 
     def encode(self, images, noise=None):
         """Posterior samples of every latent group (decoder order, post-flow).
@@ -938,10 +941,13 @@ class NVAE(keras.Model):
         per_channel = tf.reduce_mean(kl_per_group, axis=0) / self.config.num_latent_per_group
         return tf.reduce_sum(tf.cast(per_channel > 0.1, tf.float32))
 
-    def _update_trackers(self, values):
+    def _update_trackers(self, values, batch_size):
+        # Weighted by the batch size so epoch means are per image even when the
+        # last batch is smaller.
+        weight = tf.cast(batch_size, tf.float32)
         for name, tracker in self._trackers.items():
             if name in values:
-                tracker.update_state(values[name])
+                tracker.update_state(values[name], sample_weight=weight)
         return {name: tracker.result() for name, tracker in self._trackers.items()}
 
     def train_step(self, data):
@@ -959,7 +965,7 @@ class NVAE(keras.Model):
             terms["nelbo"], self.config.num_dims
         )
         terms["active_groups"] = self._active_groups(terms["kl_per_group"])
-        return self._update_trackers(terms)
+        return self._update_trackers(terms, tf.shape(images)[0])
 
     def test_step(self, data):
         images = _unpack_images(data)
@@ -975,5 +981,5 @@ class NVAE(keras.Model):
             ),
             "active_groups": self._active_groups(out["kl"]),
         }
-        self._update_trackers(values)
+        self._update_trackers(values, tf.shape(images)[0])
         return {name: self._trackers[name].result() for name in values}

@@ -158,12 +158,12 @@ PRESETS = {
             weight_decay_norm=1e-2,
             learning_rate=5e-3,
             warmup_epochs=2,
-            epochs=30,
+            epochs=50,
             batch_size=64,
         ),
     },
     "tiny": {
-        "description": "A few-thousand-parameter 16x16 RGB model with flows, for tests.",
+        "description": "A ~150k-parameter 16x16 RGB model with flows and two latent scales, for tests.",
         "config": dict(
             image_shape=(16, 16, 3),
             likelihood="dmol",

@@ -428,8 +428,12 @@ def test_cli_saved_model_export(tmp_path, cli, mnist_model):
     directory = str(tmp_path / "saved_model")
     cli.export_saved_model(mnist_model, directory)
     loaded = tf.saved_model.load(directory)
-    x = np.zeros((2,) + mnist_model.config.image_shape, np.float32)
-    out = loaded.serve(tf.constant(x))
-    assert tuple(out["logits"].shape) == (2, 32, 32, 1)
-    assert tuple(out["kl"].shape) == (2, mnist_model.config.num_groups)
-    assert np.all(np.isfinite(out["recon_nll"].numpy()))
+    x = np.zeros((2,) + mnist_model.config.image_shape, np.uint8)
+    images = loaded.reconstruct(tf.constant(x))["images"]
+    assert tuple(images.shape) == (2, 28, 28, 1)
+    samples = loaded.signatures["serving_default"](
+        num_samples=tf.constant(2), temperature=tf.constant(0.7)
+    )["images"]
+    assert tuple(samples.shape) == (2, 28, 28, 1)
+    nats = loaded.log_likelihood(tf.constant(x))["nats"].numpy()
+    assert np.all(np.isfinite(nats))

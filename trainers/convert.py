@@ -47,33 +47,11 @@ flags.DEFINE_bool(
     flag_values=FLAGS,
 )
 
-SERVE_OUTPUTS = ("logits", "log_q", "log_p", "kl", "recon_nll")
 
 
 def export_saved_model(model, directory):
-    """Write `model` as a TensorFlow SavedModel.
-
-    Uses the model's own `export` when `NVAE` defines one. Keras' generic `Model.export` cannot
-    serve NVAE's forward pass (its "latents" output is a list), so otherwise a `serve` endpoint is
-    written with `keras.export.ExportArchive`: float32 images in [0, 1], shaped
-    `(batch,) + image_shape`, to the eval-mode outputs (random latent noise) without "latents".
-    """
-    import keras
-    import tensorflow as tf
-
-    if type(model).export is not keras.Model.export:
-        model.export(directory)
-        return
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-
-    def serve(images):
-        out = model(images, training=False)
-        return {key: out[key] for key in SERVE_OUTPUTS}
-
-    spec = tf.TensorSpec((None,) + tuple(model.config.image_shape), tf.float32, name="images")
-    archive.add_endpoint("serve", serve, input_signature=[spec])
-    archive.write_out(directory)
+    """Write `model` as a TensorFlow SavedModel (see `keras_nvae.export`)."""
+    model.export(directory, verbose=False)
 
 
 def convert_checkpoint(checkpoint, output, saved_model=None, official_dmol=False):

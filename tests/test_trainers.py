@@ -1,0 +1,176 @@
+"""Tests for the command-line programs (trainers/), run in-process on CI-sized settings."""
+
+import contextlib
+import io
+import json
+import math
+import os
+import re
+import sys
+
+import keras
+import pytest
+import tensorflow as tf
+
+# trainers/ is a folder of programs beside the package (run as `python -m trainers.train`
+# from the repository root), not part of the installed distribution.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from trainers import evaluate  # noqa: E402
+from trainers import sample  # noqa: E402
+from trainers import train  # noqa: E402
+
+CI_FLAGS = [
+    "--max_train_batches=2",
+    "--max_eval_batches=1",
+    "--eval_samples=2",
+]
+FINAL_LINE = re.compile(
+    r"^test bits/dim: (\d+\.\d+) \(IW, K=2; \d+\.\d+ nats/image\); NELBO bits/dim: (\d+\.\d+)$"
+)
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """Stops training with an error when epoch 2 starts (epoch 1 is complete)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 1:
+            raise RuntimeError("simulated interruption")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """The README's training command, CI-sized: interrupted in epoch 2, then rerun.
+
+    Returns:
+        (output directory, stdout of the completed run).
+    """
+    output_dir = str(tmp_path_factory.mktemp("run"))
+    argv = ["train", "--epochs=2", f"--output_dir={output_dir}", *CI_FLAGS]
+    make_callbacks = train.make_callbacks
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            train,
+            "make_callbacks",
+            lambda directory, resume: make_callbacks(directory, resume) + [_Interrupt()],
+        )
+        with pytest.raises(RuntimeError, match="simulated interruption"):
+            train.main(argv)
+    assert os.path.isdir(os.path.join(output_dir, "backup"))
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert train.main(argv) == 0
+    return output_dir, stdout.getvalue()
+
+
+def _png(path):
+    return tf.io.decode_png(tf.io.read_file(path)).numpy()
+
+
+def test_train_writes_outputs_and_reports(run):
+    output_dir, stdout = run
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    match = FINAL_LINE.match(lines[-1])
+    assert match, lines[-1]
+    assert all(math.isfinite(float(value)) for value in match.groups())
+
+    # 8x8 grid of 8x8 digits upscaled x4 to 32x32 cells, 2-pixel borders.
+    assert _png(os.path.join(output_dir, "samples.png")).shape == (274, 274, 1)
+    # Rows: 16 inputs over their 16 reconstructions.
+    assert _png(os.path.join(output_dir, "reconstructions.png")).shape == (70, 546, 1)
+
+    with open(os.path.join(output_dir, "metrics.json")) as file:
+        metrics = json.load(file)
+    test = metrics["test"]
+    assert math.isfinite(test["iw_bpd"]) and math.isfinite(test["nelbo_bpd"])
+    assert test["iw_num_samples"] == 2 and test["num_images"] == 64
+    assert f"{test['iw_bpd']:.4f}" == match.group(1)
+    assert metrics["config"]["epochs"] == 2
+    assert os.path.isfile(os.path.join(output_dir, "model.keras"))
+    assert os.listdir(os.path.join(output_dir, "logs"))
+
+
+def test_train_resumes_after_interruption(run):
+    output_dir, _ = run
+    with open(os.path.join(output_dir, "metrics.json")) as file:
+        metrics = json.load(file)
+    # The rerun trained only the missing epoch, continuing the restored state:
+    # 2 epochs x 2 steps in total, the step counter restored from the backup.
+    assert len(metrics["history"]["loss"]) == 1
+    assert metrics["global_step"] == 4
+    # A finished run removes its backup, so the next run starts afresh.
+    assert not os.path.exists(os.path.join(output_dir, "backup"))
+
+
+def test_evaluate_program(run, capsys):
+    output_dir, _ = run
+    model = os.path.join(output_dir, "model.keras")
+    argv = ["evaluate", f"--model={model}", "--num_samples=2", "--max_batches=1"]
+    assert evaluate.main(argv) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.match(r"^test bits/dim: \d+\.\d+ \(IW, K=2; .* 64 images\); NELBO bits/dim: ", line)
+
+
+def test_sample_program(run, tmp_path):
+    output_dir, _ = run
+    output = str(tmp_path / "grid.png")
+    argv = [
+        "sample",
+        f"--model={os.path.join(output_dir, 'model.keras')}",
+        "--num=6",
+        "--readjust_bn_steps=2",
+        "--seed=3",
+        f"--output={output}",
+    ]
+    assert sample.main(argv) == 0
+    # 6 samples in rows of ceil(sqrt(6)) = 3: 2 x 3 cells of 32 + 2 pixels.
+    assert _png(output).shape == (70, 104, 1)
+
+
+def _error(main, argv, capsys):
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--preset=nope"], "Unknown NVAE preset 'nope'"),
+        (["--override=num_channels=4"], "unknown NVAEConfig field 'num_channels'"),
+        (["--override", "num_channels_enc"], "expects key=value"),
+        (["--override=num_channels_enc=0"], "num_channels_enc must be an integer >= 1"),
+        (["--epochs=0"], "epochs"),
+        (["--mixed_precision=float8"], "mixed_precision"),
+        (["--temperature=0"], "--temperature must be > 0"),
+        (["--dataset=no_such_source"], "Unknown data source 'no_such_source'"),
+        (["--preset=tiny"], "of shape (8, 8, 1), but the model expects (16, 16, 3)"),
+        (["--distribute=multi_worker"], "TF_CONFIG"),
+        (["--jit_compile", "--distribute=mirrored"], "--jit_compile cannot be combined"),
+        (["extra"], "unexpected arguments ['extra']"),
+    ],
+)
+def test_train_user_errors(flags, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    line = _error(train.main, ["train", f"--output_dir={tmp_path}", *flags], capsys)
+    assert line.startswith("train: error: ") and message in line, line
+
+
+def test_train_unprepared_tfds_dataset(tmp_path, capsys):
+    argv = ["train", "--dataset=mnist", f"--data_dir={tmp_path}", f"--output_dir={tmp_path}"]
+    line = _error(train.main, argv, capsys)
+    assert "'mnist' is not prepared" in line and "tfds build mnist" in line, line
+
+
+def test_model_file_errors(tmp_path, capsys):
+    missing = str(tmp_path / "missing.keras")
+    line = _error(evaluate.main, ["evaluate", f"--model={missing}"], capsys)
+    assert "does not exist" in line
+    corrupt = tmp_path / "corrupt.keras"
+    corrupt.write_bytes(b"not a zip file")
+    line = _error(sample.main, ["sample", f"--model={corrupt}"], capsys)
+    assert "could not load the model" in line
+    line = _error(sample.main, ["sample"], capsys)
+    assert "--model is required" in line

@@ -1,0 +1,413 @@
+r"""Train an NVAE, then report its test bits/dim and write samples.
+
+Usage (from the repository root):
+```
+python -m trainers.train            # digits preset on scikit-learn's digits, minutes on a CPU
+python -m trainers.train --preset cifar10 --dataset cifar10 --data_dir ~/tensorflow_datasets \
+    --distribute mirrored --mixed_precision mixed_bfloat16
+```
+
+Everything goes to --output_dir (default `runs/<preset>`): `model.keras` (saved after every
+epoch), `backup/` (the state an interrupted run resumes from; removed when training ends),
+`logs/` (TensorBoard), and at the end `samples.png`, `reconstructions.png` and `metrics.json`.
+Running the same command again after an interruption resumes at the last completed epoch.
+
+The last line printed is the test result, e.g.
+`test bits/dim: 3.6012 (IW, K=100; 159.78 nats/image); NELBO bits/dim: 3.7011`.
+User errors (bad flags, unknown preset, missing data) print one line to stderr and exit with 1.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import flags  # noqa: E402
+
+from trainers import CommandLineError  # noqa: E402
+from trainers import image_grid  # noqa: E402
+from trainers import load_dataset  # noqa: E402
+from trainers import one_line  # noqa: E402
+from trainers import run_main  # noqa: E402
+from trainers import write_png  # noqa: E402
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("preset", "digits", "Model preset, one of NVAE.presets.", flag_values=FLAGS)
+flags.DEFINE_string(
+    "dataset",
+    "digits",
+    "Data source for keras_nvae.data.make_dataset: 'digits', a TensorFlow Datasets name "
+    "(e.g. cifar10, mnist), a folder of PNG/JPEG images, or a .npy/.npz file.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_string("data_dir", None, "TensorFlow Datasets data directory.", flag_values=FLAGS)
+flags.DEFINE_bool(
+    "download", False, "Let TensorFlow Datasets download and prepare data.", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "eval_split", "test", "Split used for validation and the final test.", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "epochs", None, "Training epochs (default: the preset's).", lower_bound=1, flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "batch_size",
+    None,
+    "Batch size per replica (default: the preset's, which is per GPU as in the paper).",
+    lower_bound=1,
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "steps_per_epoch",
+    None,
+    "Steps per epoch over repeated training data (default: one pass over the data).",
+    lower_bound=1,
+    flag_values=FLAGS,
+)
+flags.DEFINE_string(
+    "output_dir", None, "Run directory (default: runs/<preset>).", flag_values=FLAGS
+)
+flags.DEFINE_multi_string(
+    "override",
+    [],
+    "NVAEConfig field as key=value (value parsed as JSON, else a string), e.g. "
+    "--override num_channels_enc=32 --override image_shape=[16,16,3]. Repeatable.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_float(
+    "learning_rate", None, "Peak learning rate (default: the preset's).", flag_values=FLAGS
+)
+flags.DEFINE_bool(
+    "jit_compile",
+    None,
+    "XLA-compile the train step (default: Keras 'auto', i.e. on for a single GPU).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_enum(
+    "mixed_precision",
+    "none",
+    ["none", "mixed_float16", "mixed_bfloat16"],
+    "Keras mixed-precision policy.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_enum(
+    "distribute",
+    "none",
+    ["none", "mirrored", "multi_worker"],
+    "tf.distribute strategy: mirrored (all local GPUs) or multi_worker (TF_CONFIG).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "eval_samples",
+    100,
+    "Importance samples per test image for the final IW bits/dim.",
+    lower_bound=1,
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "max_train_batches",
+    None,
+    "Cap on training batches per epoch.",
+    lower_bound=1,
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "max_eval_batches", None, "Cap on evaluation batches.", lower_bound=1, flag_values=FLAGS
+)
+flags.DEFINE_float(
+    "temperature", 0.7, "Prior temperature of samples.png.", flag_values=FLAGS
+)
+flags.register_validator(
+    "temperature", lambda value: value > 0, "--temperature must be > 0.", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "seed", 0, "Random seed (for 'digits' also of its train/test split).", flag_values=FLAGS
+)
+flags.DEFINE_bool(
+    "resume",
+    True,
+    "Back up the training state every epoch and resume an interrupted run from it.",
+    flag_values=FLAGS,
+)
+
+NUM_SAMPLES = 64
+NUM_RECONSTRUCTIONS = 16
+
+
+def parse_overrides(pairs):
+    """Turn `key=value` strings into `NVAEConfig` overrides.
+
+    Values are parsed as JSON (numbers, booleans, lists, null) and kept as
+    strings otherwise; integers given for float fields become floats.
+
+    Args:
+        pairs: list of `key=value` strings.
+
+    Returns:
+        dict of field name to value.
+
+    Raises:
+        CommandLineError: malformed pair or unknown field.
+    """
+    from keras_nvae.config import NVAEConfig
+
+    types = {field.name: field.type for field in dataclasses.fields(NVAEConfig)}
+    overrides = {}
+    for pair in pairs:
+        key, separator, text = pair.partition("=")
+        key = key.strip()
+        if not separator or not key:
+            raise CommandLineError(f"--override expects key=value, got {pair!r}.")
+        if key not in types:
+            raise CommandLineError(
+                f"--override: unknown NVAEConfig field {key!r}. "
+                f"Fields: {', '.join(sorted(types))}."
+            )
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        if types[key] is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        overrides[key] = value
+    return overrides
+
+
+def make_config():
+    """The preset's `NVAEConfig` with the flags' overrides applied."""
+    from keras_nvae import presets
+
+    overrides = parse_overrides(FLAGS.override)
+    for name in ("epochs", "batch_size", "learning_rate"):
+        if FLAGS[name].value is not None:
+            overrides[name] = FLAGS[name].value
+    try:
+        return presets.preset_config(FLAGS.preset, **overrides)
+    except ValueError as error:
+        raise CommandLineError(one_line(error)) from None
+
+
+def make_strategy():
+    """The `tf.distribute` strategy of --distribute (create it before any model)."""
+    import tensorflow as tf
+
+    if FLAGS.distribute == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if FLAGS.distribute == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise CommandLineError(
+                "--distribute multi_worker needs the TF_CONFIG environment variable "
+                "(the cluster and this worker's task)."
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def worker_directory(strategy, output_dir):
+    """Where this process writes: `output_dir` for the chief, a subfolder otherwise.
+
+    Returns:
+        (directory, is_chief).
+    """
+    if FLAGS.distribute != "multi_worker":
+        return output_dir, True
+    resolver = strategy.cluster_resolver
+    task_type, task_id = resolver.task_type, resolver.task_id
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    if task_type == "chief" or (task_type == "worker" and task_id == 0 and not has_chief):
+        return output_dir, True
+    return os.path.join(output_dir, f"{task_type}_{task_id}"), False
+
+
+def make_datasets(config, batch_size):
+    """Training and evaluation pipelines, checked against the model's image shape.
+
+    Returns:
+        (train, evaluation, steps per epoch, whether train repeats).
+    """
+    repeat = FLAGS.steps_per_epoch is not None
+    common = dict(
+        batch_size=batch_size, data_dir=FLAGS.data_dir, seed=FLAGS.seed, download=FLAGS.download
+    )
+    hint = (
+        f"Pick a matching --preset (now {FLAGS.preset!r}) or "
+        "--override image_shape=[height,width,channels]."
+    )
+    train = load_dataset(
+        FLAGS.dataset, "train", config.image_shape, hint=hint, repeat=repeat, **common
+    )
+    test = load_dataset(
+        FLAGS.dataset, FLAGS.eval_split, config.image_shape, hint=hint, shuffle=False, **common
+    )
+    if FLAGS.max_eval_batches:
+        test = test.take(FLAGS.max_eval_batches)
+    if repeat:
+        steps = FLAGS.steps_per_epoch
+        if FLAGS.max_train_batches:
+            steps = min(steps, FLAGS.max_train_batches)
+    else:
+        if FLAGS.max_train_batches:
+            train = train.take(FLAGS.max_train_batches)
+        steps = int(train.cardinality())
+        if steps == 0:
+            raise CommandLineError(f"--dataset {FLAGS.dataset!r} has no training images.")
+        if steps < 0:
+            raise CommandLineError(
+                f"the length of --dataset {FLAGS.dataset!r} is unknown; pass --steps_per_epoch."
+            )
+    return train, test, steps, repeat
+
+
+def make_callbacks(directory, resume):
+    """Resume state, latest-model checkpoint and TensorBoard logs under `directory`."""
+    import keras
+
+    callbacks = []
+    if resume:
+        callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(directory, "backup")))
+    callbacks.append(keras.callbacks.ModelCheckpoint(os.path.join(directory, "model.keras")))
+    callbacks.append(
+        keras.callbacks.TensorBoard(os.path.join(directory, "logs"), write_graph=False)
+    )
+    return callbacks
+
+
+def _float_images(images):
+    import numpy as np
+
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / 255.0
+    return images.astype(np.float32)
+
+
+def write_images(model, test, directory):
+    """Write samples.png (8x8 prior samples) and reconstructions.png (inputs over outputs)."""
+    import numpy as np
+
+    inputs = _float_images(next(iter(test))[:NUM_RECONSTRUCTIONS])
+    outputs = np.asarray(model.reconstruct(inputs))
+    write_png(
+        os.path.join(directory, "reconstructions.png"),
+        image_grid(np.concatenate([inputs, outputs]), columns=len(inputs)),
+    )
+    samples = model.sample(NUM_SAMPLES, temperature=FLAGS.temperature, seed=FLAGS.seed)
+    write_png(
+        os.path.join(directory, "samples.png"),
+        image_grid(np.asarray(samples), columns=int(math.sqrt(NUM_SAMPLES))),
+    )
+
+
+def train():
+    """Train and evaluate as the flags say; raises `CommandLineError` for user errors.
+
+    Returns:
+        The metrics written to metrics.json.
+    """
+    config = make_config()
+    if FLAGS.jit_compile and FLAGS.distribute != "none":
+        raise CommandLineError(
+            "--jit_compile cannot be combined with --distribute (Keras cannot XLA-compile a "
+            "distributed train step); leave --jit_compile unset."
+        )
+    output_dir = FLAGS.output_dir or os.path.join("runs", FLAGS.preset)
+
+    import keras
+
+    from keras_nvae import NVAE
+    from keras_nvae import evaluation
+
+    keras.utils.set_random_seed(FLAGS.seed)
+    keras.mixed_precision.set_global_policy(
+        "float32" if FLAGS.mixed_precision == "none" else FLAGS.mixed_precision
+    )
+    strategy = make_strategy()
+    directory, is_chief = worker_directory(strategy, output_dir)
+    replicas = strategy.num_replicas_in_sync
+    train_data, test_data, steps, repeat = make_datasets(config, config.batch_size * replicas)
+    with strategy.scope():
+        model = NVAE(config)
+        model.compile(
+            total_steps=config.epochs * steps,
+            steps_per_epoch=steps,
+            jit_compile="auto" if FLAGS.jit_compile is None else FLAGS.jit_compile,
+        )
+    parameters = sum(math.prod(weight.shape) for weight in model.trainable_weights)
+    print(
+        f"Training preset {FLAGS.preset!r} ({parameters:,} trainable parameters) on "
+        f"{FLAGS.dataset!r}: {config.epochs} epochs x {steps} steps, batch "
+        f"{config.batch_size} x {replicas} replica(s); writing to {directory}",
+        flush=True,
+    )
+    start = time.time()
+    history = model.fit(
+        train_data,
+        validation_data=test_data,
+        epochs=config.epochs,
+        steps_per_epoch=steps if repeat else None,
+        callbacks=make_callbacks(directory, FLAGS.resume),
+        shuffle=False,
+        verbose=2,
+    )
+    train_seconds = time.time() - start
+
+    elbo = model.evaluate(test_data, return_dict=True, verbose=0)
+    iw = evaluation.bits_per_dim(model, test_data, num_samples=FLAGS.eval_samples)
+    metrics = {
+        "preset": FLAGS.preset,
+        "dataset": FLAGS.dataset,
+        "epochs": config.epochs,
+        "steps_per_epoch": steps,
+        "global_step": int(model.global_step.numpy()),
+        "train_seconds": round(train_seconds, 1),
+        "test": {
+            "split": FLAGS.eval_split,
+            "iw_bpd": iw["bpd"],
+            "iw_nll_nats": iw["nll_nats"],
+            "iw_num_samples": FLAGS.eval_samples,
+            "num_images": iw["num_images"],
+            "nelbo_bpd": float(elbo["bpd"]),
+            "nelbo_nats": float(elbo["nelbo"]),
+            "recon_nats": float(elbo["recon"]),
+            "kl_nats": float(elbo["kl"]),
+            "active_groups": float(elbo["active_groups"]),
+        },
+        "history": {
+            name: [float(value) for value in values]
+            for name, values in history.history.items()
+        },
+        "config": config.to_dict(),
+    }
+    if is_chief:
+        write_images(model, test_data, directory)
+        with open(os.path.join(directory, "metrics.json"), "w") as file:
+            json.dump(metrics, file, indent=2)
+        print(
+            f"Wrote {os.path.join(directory, '')}{{model.keras, samples.png, "
+            "reconstructions.png, metrics.json}; TensorBoard logs in "
+            f"{os.path.join(directory, 'logs')}"
+        )
+    test = metrics["test"]
+    print(
+        f"test bits/dim: {test['iw_bpd']:.4f} (IW, K={FLAGS.eval_samples}; "
+        f"{test['iw_nll_nats']:.2f} nats/image); NELBO bits/dim: {test['nelbo_bpd']:.4f}",
+        flush=True,
+    )
+    return metrics
+
+
+def main(argv):
+    """Run the trainer on a full command line (`argv[0]` is the program).
+
+    Returns:
+        The exit status: 0 on success, 1 on a user error (one line on stderr).
+    """
+    return run_main(train, FLAGS, argv, __doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
