@@ -948,7 +948,23 @@ class NVAE(keras.Model):
         for name, tracker in self._trackers.items():
             if name in values:
                 tracker.update_state(values[name], sample_weight=weight)
-        return {name: tracker.result() for name, tracker in self._trackers.items()}
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # NVAE is built when it is constructed, so only the optimizer is left to
+        # build. Keras' own version also all-reduces the first (uint8) batch,
+        # which fails under MultiWorkerMirroredStrategy (Keras 3.15).
+        if self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
+
+    def _logs(self, values):
+        logs = {name: self._trackers[name].result() for name in values}
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras reduces step outputs along axis 0, which scalars lack under
+            # MultiWorkerMirroredStrategy (Keras 3.15); the reduction of
+            # shape-(1,) values gives back scalars.
+            logs = {name: tf.reshape(value, (1,)) for name, value in logs.items()}
+        return logs
 
     def train_step(self, data):
         images = _unpack_images(data)
@@ -965,7 +981,8 @@ class NVAE(keras.Model):
             terms["nelbo"], self.config.num_dims
         )
         terms["active_groups"] = self._active_groups(terms["kl_per_group"])
-        return self._update_trackers(terms, tf.shape(images)[0])
+        self._update_trackers(terms, tf.shape(images)[0])
+        return self._logs(self._trackers)
 
     def test_step(self, data):
         images = _unpack_images(data)
@@ -982,4 +999,4 @@ class NVAE(keras.Model):
             "active_groups": self._active_groups(out["kl"]),
         }
         self._update_trackers(values, tf.shape(images)[0])
-        return {name: self._trackers[name].result() for name in values}
+        return self._logs(values)

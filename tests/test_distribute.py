@@ -23,3 +23,39 @@ def test_mirrored_two_replicas_match_one_device():
     assert values["max_moved"] > 1e-1
     assert values["max_rel_diff"] < 1e-3
     assert abs(values["loss_1"] - values["loss_2"]) <= 1e-5 * abs(values["loss_1"])
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_multi_worker_mirrored_two_processes_on_loopback(tmp_path):
+    script = os.path.join(os.path.dirname(__file__), "scripts", "multi_worker.py")
+    ports = [str(_free_port()), str(_free_port())]
+    output = str(tmp_path / "worker0.json")
+    workers = [
+        subprocess.Popen(
+            [sys.executable, script, *ports, str(index), output],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for index in range(2)
+    ]
+    logs = []
+    try:
+        for worker in workers:
+            logs.append(worker.communicate(timeout=900)[0])
+    finally:
+        for worker in workers:
+            worker.kill()
+    assert all(w.returncode == 0 for w in workers), logs[0][-3000:] + logs[1][-3000:]
+    with open(output) as f:
+        values = json.load(f)
+    # 16 images in global batches of 8, split over 2 workers: 2 synchronous steps.
+    assert values["global_step"] == 2
+    assert values["loss"] == values["loss"] and 0 < values["loss"] < 1e5

@@ -1,0 +1,43 @@
+"""One worker of a two-worker MultiWorkerMirroredStrategy NVAE run on loopback.
+
+Usage: multi_worker.py PORT0 PORT1 INDEX OUTPUT_JSON. Both workers train the tiny
+preset for two steps on the same data; worker 0 writes the final loss and a weight
+checksum.
+"""
+
+import json
+import os
+import sys
+
+port0, port1, index, output = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+os.environ["TF_CONFIG"] = json.dumps(
+    {
+        "cluster": {"worker": [f"127.0.0.1:{port0}", f"127.0.0.1:{port1}"]},
+        "task": {"type": "worker", "index": index},
+    }
+)
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from keras_nvae import NVAE  # noqa: E402
+
+strategy = tf.distribute.MultiWorkerMirroredStrategy()
+with strategy.scope():
+    model = NVAE.from_preset("tiny")
+    model.compile(total_steps=2)
+images = np.random.RandomState(0).randint(0, 256, (16, 16, 16, 3)).astype("uint8")
+dataset = tf.data.Dataset.from_tensor_slices(images).batch(8)
+options = tf.data.Options()
+options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+history = model.fit(dataset.with_options(options), epochs=1, verbose=0)
+if index == 0:
+    with open(output, "w") as f:
+        json.dump(
+            {
+                "loss": float(np.asarray(history.history["loss"][-1]).reshape(())),
+                "global_step": int(model.global_step.numpy()),
+                "checksum": float(sum(np.sum(w) for w in model.get_weights() if w.dtype.kind == "f")),
+            },
+            f,
+        )
