@@ -215,23 +215,37 @@ def test_npz_without_flags(tmp_path, mnist):
         convert.load_official_checkpoint(str(path))
 
 
-def _torch_available():
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def test_pt_checkpoint_without_or_with_torch(tmp_path):
+def test_pt_checkpoint_without_torch_explains_the_extra(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
     path.write_bytes(b"not a pickle")
-    if _torch_available():
-        with pytest.raises(convert.CheckpointError):
-            convert.load_official_checkpoint(str(path))
-    else:
-        with pytest.raises(ImportError, match=r"keras_nvae\[convert\]"):
-            convert.load_official_checkpoint(str(path))
+    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` fail
+    with pytest.raises(ImportError, match=r"keras_nvae\[convert\]"):
+        convert.load_official_checkpoint(str(path))
+
+
+def test_garbage_pt_checkpoint(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"not a pickle")
+    with pytest.raises(convert.CheckpointError):
+        convert.load_official_checkpoint(str(path))
+
+
+def test_official_pt_checkpoint_with_torch(tmp_path):
+    """A checkpoint laid out like the official train.py writes it (torch.save of a
+    dict with an argparse Namespace and a state dict of tensors)."""
+    import torch
+
+    arrays, args, state, noise = _load_fixture("cifar")
+    checkpoint = {
+        "epoch": 1,
+        "global_step": 10,
+        "args": argparse.Namespace(**args),
+        "state_dict": {f"module.{k}": torch.from_numpy(np.array(v)) for k, v in state.items()},
+    }
+    path = str(tmp_path / "checkpoint.pt")
+    torch.save(checkpoint, path)
+    model = convert.load_official_checkpoint(path, official_dmol=True)
+    _assert_matches_fixture(model, arrays, noise)
 
 
 # ------------------------------------------- generic converter: own round trip
@@ -416,8 +430,6 @@ def test_cli_errors_exit_1_without_traceback(tmp_path, cli, capsys, make_argv, m
     assert status == 1
     assert "error:" in err and message in err
     assert "Traceback" not in err
-    if "garbage.pt" in make_argv(tmp_path)[0] and not _torch_available():
-        assert "keras_nvae[convert]" in err
     assert not (tmp_path / "o.keras").exists()
 
 
