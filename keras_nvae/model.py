@@ -491,67 +491,51 @@ class NVAE(keras.Model):
         """The full forward pass; returns decoder params and per-group terms."""
         c = self.config
         batch_size = tf.shape(x)[0]
-        s, enc_combiners, enc_features = self._bottom_up(x, training)
-        ftr = tf.nn.elu(self.enc0(tf.nn.elu(s)))
-        mu_q, log_sigma_q = distributions.split_normal_params(
-            tf.cast(self.enc_sampler[0](ftr), tf.float32)
-        )
-        q = distributions.normal_from_params(mu_q, log_sigma_q)
+        top, enc_combiners, enc_features = self._bottom_up(x, training)
+        terms = {"log_q": [], "log_p": [], "kl": [], "latents": []}
 
-        def group_noise(group):
-            if noise is not None:
-                return noise[group]
-            return self._standard_normal(batch_size, self.latent_shapes[group])
-
-        z, log_q, log_p, kl = self._latent_group(
-            0, q, distributions.standard_normal_prior, group_noise(0)
-        )
-        log_qs, log_ps, kls, zs = [log_q], [log_p], [kl], [z]
-
-        prior = tf.cast(self.prior_ftr0, self.compute_dtype)
-        s = tf.tile(prior[None], [batch_size, 1, 1, 1])
-        group = 0
-        for cell in self.dec_tower:
-            if isinstance(cell, DecoderCombiner):
-                if group > 0:
-                    mu_p, log_sigma_p = distributions.split_normal_params(
-                        tf.cast(
-                            self.dec_sampler[group - 1](tf.nn.elu(s)), tf.float32
-                        )
+        def posterior_latent(group, s):
+            if group == 0:
+                # The top group's posterior is absolute; its prior is N(0, 1.01).
+                ftr = tf.nn.elu(self.enc0(tf.nn.elu(top)))
+                q = distributions.normal_from_params(
+                    *distributions.split_normal_params(
+                        tf.cast(self.enc_sampler[0](ftr), tf.float32)
                     )
-                    ftr = enc_combiners[group - 1](enc_features[group - 1], s)
-                    mu_q, log_sigma_q = distributions.split_normal_params(
-                        tf.cast(self.enc_sampler[group](ftr), tf.float32)
-                    )
-                    if c.res_dist:
-                        q = distributions.residual_normal(
-                            mu_p, log_sigma_p, mu_q, log_sigma_q
-                        )
-                    else:
-                        q = distributions.normal_from_params(mu_q, log_sigma_q)
-                    z, log_q, log_p, kl = self._latent_group(
-                        group,
-                        q,
-                        lambda _: distributions.normal_from_params(mu_p, log_sigma_p),
-                        group_noise(group),
-                    )
-                    log_qs.append(log_q)
-                    log_ps.append(log_p)
-                    kls.append(kl)
-                    zs.append(z)
-                s = cell(s, z)
-                group += 1
+                )
+                prior_fn = distributions.standard_normal_prior
             else:
-                s = cell(s, training=training)
-        for cell in self.post_process:
-            s = cell(s, training=training)
-        logits = tf.cast(self.image_conditional(tf.nn.elu(s)), tf.float32)
+                mu_p, log_sigma_p = distributions.split_normal_params(
+                    tf.cast(self.dec_sampler[group - 1](tf.nn.elu(s)), tf.float32)
+                )
+                ftr = enc_combiners[group - 1](enc_features[group - 1], s)
+                mu_q, log_sigma_q = distributions.split_normal_params(
+                    tf.cast(self.enc_sampler[group](ftr), tf.float32)
+                )
+                if c.res_dist:
+                    q = distributions.residual_normal(mu_p, log_sigma_p, mu_q, log_sigma_q)
+                else:
+                    q = distributions.normal_from_params(mu_q, log_sigma_q)
+
+                def prior_fn(_):
+                    return distributions.normal_from_params(mu_p, log_sigma_p)
+
+            if noise is not None:
+                eps = noise[group]
+            else:
+                eps = self._standard_normal(batch_size, self.latent_shapes[group])
+            z, log_q, log_p, kl = self._latent_group(group, q, prior_fn, eps)
+            for key, value in zip(terms, (log_q, log_p, kl, z)):
+                terms[key].append(value)
+            return z
+
+        logits = self._top_down(batch_size, posterior_latent, training=training)
         return {
             "logits": logits,
-            "log_q": tf.add_n(log_qs),
-            "log_p": tf.add_n(log_ps),
-            "kl": tf.stack(kls, axis=1),
-            "latents": zs,
+            "log_q": tf.add_n(terms["log_q"]),
+            "log_p": tf.add_n(terms["log_p"]),
+            "kl": tf.stack(terms["kl"], axis=1),
+            "latents": terms["latents"],
         }
 
     def decoder_distribution(self, logits):
