@@ -22,6 +22,18 @@ import tensorflow as tf  # noqa: E402
 
 from keras_nvae import NVAE  # noqa: E402
 
+# The default heartbeat timeout of the coordination service aborts the run when a
+# loaded 2-core CI machine starves a worker during the long first graph compile;
+# configure the service (before the strategy does) with a generous timeout.
+from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2  # noqa: E402
+from tensorflow.python.eager import context  # noqa: E402
+
+context.context().configure_coordination_service(
+    service_type="standalone",
+    service_leader="/job:worker/replica:0/task:0",
+    heartbeat_timeout_in_ms=900_000,
+    coordinated_jobs=[coordination_config_pb2.CoordinatedJob(name="worker", num_tasks=2)],
+)
 strategy = tf.distribute.MultiWorkerMirroredStrategy()
 with strategy.scope():
     model = NVAE.from_preset("tiny")
