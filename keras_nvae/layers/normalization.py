@@ -86,10 +86,16 @@ class BatchNorm(keras.layers.Layer):
             and context.num_replicas_in_sync > 1
         )
 
+    def _update_moving_statistics(self, mean, unbiased_variance):
+        m = self.momentum
+        self.moving_mean.assign(m * self.moving_mean + (1.0 - m) * mean)
+        self.moving_variance.assign(
+            m * self.moving_variance + (1.0 - m) * unbiased_variance
+        )
+
     def call(self, inputs, training=None):
         gamma = tf.convert_to_tensor(self.gamma)
         beta = tf.convert_to_tensor(self.beta)
-        m = self.momentum
         if training and not self._synchronizing():
             # One fused op (and one for its gradient): faster and it keeps less
             # for the backward pass than the composite. Its variance output is
@@ -97,14 +103,13 @@ class BatchNorm(keras.layers.Layer):
             outputs, mean, unbiased = tf.compat.v1.nn.fused_batch_norm(
                 inputs, gamma, beta, epsilon=self.epsilon, is_training=True
             )
-            self.moving_mean.assign(m * self.moving_mean + (1.0 - m) * mean)
-            self.moving_variance.assign(m * self.moving_variance + (1.0 - m) * unbiased)
+            self._update_moving_statistics(mean, unbiased)
             return outputs
         if training:
             mean, variance, count = self._global_moments(inputs)
-            unbiased = variance * count / tf.maximum(count - 1.0, 1.0)
-            self.moving_mean.assign(m * self.moving_mean + (1.0 - m) * mean)
-            self.moving_variance.assign(m * self.moving_variance + (1.0 - m) * unbiased)
+            self._update_moving_statistics(
+                mean, variance * count / tf.maximum(count - 1.0, 1.0)
+            )
         else:
             mean = tf.convert_to_tensor(self.moving_mean)
             variance = tf.convert_to_tensor(self.moving_variance)
