@@ -114,6 +114,13 @@ def build_parser():
         help="TF intra- and inter-op threads (0: TF default)",
     )
     p.add_argument(
+        "--inter_op_threads",
+        type=int,
+        default=0,
+        help="TF inter-op threads, overriding --threads (1 runs one op at a time: "
+        "fewer tensors alive at once)",
+    )
+    p.add_argument(
         "--env",
         action="append",
         default=[],
@@ -264,6 +271,8 @@ def run_worker(args):
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    if args.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
     if args.tf_optimizer:
         tf.config.optimizer.set_experimental_options(dict(args.tf_optimizer))
         result["tf_optimizer_options"] = tf.config.optimizer.get_experimental_options()
@@ -840,6 +849,7 @@ def main(argv=None):
             "keras": version("keras"),
             "keras_nvae": version("keras_nvae") or version("keras-nvae"),
             "threads": args.threads,
+            "inter_op_threads": args.inter_op_threads,
         },
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "results": results,

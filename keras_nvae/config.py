@@ -97,6 +97,10 @@ class NVAEConfig:
         official_dmol: reproduce the official DMoL quirks (right edge at 0.99,
             which leaves the 8-bit likelihood unnormalised, and sampling
             temperature dividing the logistic scale). For parity only.
+        remat: gradient checkpointing: every residual cell drops its
+            activations after the forward pass and recomputes them in the
+            backward pass (less memory, about a third more compute). Does not
+            change the model or its outputs; not an official flag.
         kl_anneal_portion, kl_const_portion, kl_const_coeff: KL warm-up.
         kl_balance: KL balancing across groups during warm-up.
         weight_decay_norm: lambda of the spectral and BN regularisers.
@@ -128,6 +132,7 @@ class NVAEConfig:
     res_dist: bool = True
     arch_instance: str = "res_mbconv"
     official_dmol: bool = False
+    remat: bool = False
     kl_anneal_portion: float = 0.3
     kl_const_portion: float = 1e-4
     kl_const_coeff: float = 1e-4

@@ -104,6 +104,7 @@ class NVAE(keras.Model):
                         cell_type,
                         arch[cell_type],
                         c.use_se,
+                        c.remat,
                         name=f"pre_process_{len(self.pre_process)}",
                     )
                 )
@@ -118,6 +119,7 @@ class NVAE(keras.Model):
                             "normal_enc",
                             arch["normal_enc"],
                             c.use_se,
+                            c.remat,
                             name=f"enc_tower_{len(self.enc_tower)}",
                         )
                     )
@@ -135,6 +137,7 @@ class NVAE(keras.Model):
                         "down_enc",
                         arch["down_enc"],
                         c.use_se,
+                        c.remat,
                         name=f"enc_tower_{len(self.enc_tower)}",
                     )
                 )
@@ -186,6 +189,7 @@ class NVAE(keras.Model):
                                 "normal_dec",
                                 arch["normal_dec"],
                                 c.use_se,
+                                c.remat,
                                 name=f"dec_tower_{len(self.dec_tower)}",
                             )
                         )
@@ -199,6 +203,7 @@ class NVAE(keras.Model):
                         "up_dec",
                         arch["up_dec"],
                         c.use_se,
+                        c.remat,
                         name=f"dec_tower_{len(self.dec_tower)}",
                     )
                 )
@@ -219,6 +224,7 @@ class NVAE(keras.Model):
                         cell_type,
                         arch[cell_type],
                         c.use_se,
+                        c.remat,
                         name=f"post_process_{len(self.post_process)}",
                     )
                 )

@@ -3,6 +3,8 @@
 import keras
 import tensorflow as tf
 
+from keras_nvae.layers.remat import is_recomputing
+
 
 @keras.saving.register_keras_serializable(package="keras_nvae")
 class BatchNorm(keras.layers.Layer):
@@ -87,6 +89,8 @@ class BatchNorm(keras.layers.Layer):
         )
 
     def _update_moving_statistics(self, mean, unbiased_variance):
+        if is_recomputing():
+            return  # already updated by the forward pass (gradient checkpointing)
         m = self.momentum
         self.moving_mean.assign(m * self.moving_mean + (1.0 - m) * mean)
         self.moving_variance.assign(

@@ -3,6 +3,7 @@
 import keras
 
 from keras_nvae.layers.cell_ops import make_cell_op, stride_of
+from keras_nvae.layers.remat import rematerialize
 from keras_nvae.layers.skips import FactorizedReduce, UpsampleSkip
 from keras_nvae.layers.squeeze_excitation import SqueezeExcitation
 
@@ -22,6 +23,8 @@ class ResidualCell(keras.layers.Layer):
         cell_type: e.g. "normal_enc", "down_pre", "up_dec", "normal_post".
         ops: tuple of op names (see `keras_nvae.config.ARCHITECTURES`).
         use_se: bool.
+        remat: bool. In training, recompute the cell's activations in the
+            backward pass instead of keeping them (`layers.remat`).
         **kwargs: base `keras.layers.Layer` arguments.
 
     Example:
@@ -31,8 +34,9 @@ class ResidualCell(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, filters, cell_type, ops, use_se=True, **kwargs):
+    def __init__(self, filters, cell_type, ops, use_se=True, remat=False, **kwargs):
         super().__init__(**kwargs)
+        self.remat = remat
         self.filters = int(filters)
         self.cell_type = cell_type
         self.op_names = tuple(ops)
@@ -67,6 +71,11 @@ class ResidualCell(keras.layers.Layer):
         return (input_shape[0],) + spatial + (self.filters,)
 
     def call(self, inputs, training=None):
+        if self.remat and training:
+            return rematerialize(lambda x: self._residual(x, training), inputs)
+        return self._residual(inputs, training)
+
+    def _residual(self, inputs, training):
         skip = inputs if self.skip is None else self.skip(inputs)
         x = inputs
         for op in self.ops:
@@ -83,6 +92,7 @@ class ResidualCell(keras.layers.Layer):
                 "cell_type": self.cell_type,
                 "ops": list(self.op_names),
                 "use_se": self.use_se,
+                "remat": self.remat,
             }
         )
         return config
