@@ -312,9 +312,14 @@ def batchnorm_regularizer(gammas):
     Returns:
         A float32 scalar tensor.
     """
-    total = ops.zeros((), dtype="float32")
+    # Vectors of equal length are stacked so a deep model adds a few ops per
+    # length, not per layer, to the training graph.
+    by_length = {}
     for gamma in gammas:
-        total = total + ops.max(ops.abs(ops.cast(gamma, "float32")))
+        by_length.setdefault(tuple(gamma.shape), []).append(ops.cast(gamma, "float32"))
+    total = ops.zeros((), dtype="float32")
+    for group in by_length.values():
+        total = total + ops.sum(ops.max(ops.abs(ops.stack(group)), axis=-1))
     return total
 
 

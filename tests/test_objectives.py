@@ -357,11 +357,18 @@ def test_batchnorm_regularizer_all_ones():
 
 def test_batchnorm_regularizer_matches_numpy():
     rng = np.random.default_rng(8)
-    gammas = [rng.normal(size=(n,)).astype(np.float32) for n in [3, 5, 7]]
+    # Repeated lengths are stacked internally; order and grouping must not matter.
+    gammas = [rng.normal(size=(n,)).astype(np.float32) for n in [3, 5, 3, 7, 5]]
     expected = sum(np.max(np.abs(g)) for g in gammas)
-    np.testing.assert_allclose(
-        float(batchnorm_regularizer(gammas)), expected, rtol=1e-6
-    )
+    variables = [tf.Variable(g) for g in gammas]
+    with tf.GradientTape() as tape:
+        value = batchnorm_regularizer(variables)
+    np.testing.assert_allclose(float(value), expected, rtol=1e-6)
+    # d/dgamma max|gamma| = sign(gamma) at the arg-max, 0 elsewhere.
+    for g, grad in zip(gammas, tape.gradient(value, variables)):
+        one_hot = np.zeros_like(g)
+        one_hot[np.argmax(np.abs(g))] = np.sign(g[np.argmax(np.abs(g))])
+        np.testing.assert_allclose(grad.numpy(), one_hot)
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.1, 0.5, 1.0])
