@@ -99,7 +99,7 @@ class NVAEConfig:
             temperature dividing the logistic scale). For parity only.
         remat: gradient checkpointing: every residual cell drops its
             activations after the forward pass and recomputes them in the
-            backward pass (less memory, about a third more compute). Does not
+            backward pass (less memory, about a fifth more compute). Does not
             change the model or its outputs; not an official flag.
         kl_anneal_portion, kl_const_portion, kl_const_coeff: KL warm-up.
         kl_balance: KL balancing across groups during warm-up.
