@@ -13,7 +13,7 @@ from keras_nvae import presets as presets_lib
 from keras_nvae.config import NVAEConfig
 from keras_nvae.flows import PairedIAFCell
 from keras_nvae.layers.combiners import DecoderCombiner, EncoderCombiner
-from keras_nvae.layers.conv import Conv2D
+from keras_nvae.layers.conv import Conv2D, spectral_matrices
 from keras_nvae.layers.normalization import BatchNorm
 from keras_nvae.layers.residual_cell import ResidualCell
 
@@ -884,7 +884,7 @@ class NVAE(keras.Model):
         every convolution kernel (power iteration) and sum of max |gamma| of
         every BN layer."""
         spectral = self.spectral_regularizer(
-            [conv.spectral_matrix() for conv in self._conv_layers], training=training
+            spectral_matrices(self._conv_layers), training=training
         )
         bn = objectives.batchnorm_regularizer([bn.gamma for bn in self._bn_layers])
         return spectral, bn

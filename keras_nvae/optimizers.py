@@ -141,8 +141,10 @@ class NVAEAdamax(keras.optimizers.Optimizer):
         sizes = [self._sizes[i] for i in indices]
         complete = indices == list(range(len(self._sizes)))
 
+        vector = tf.constant([-1])  # one shape constant for all the reshapes
+
         def flat(tensors):
-            return tf.concat([tf.reshape(tf.cast(t, dtype), [-1]) for t in tensors], 0)
+            return tf.concat([tf.reshape(tf.cast(t, dtype), vector) for t in tensors], 0)
 
         g, p = flat(grads), flat(variables)
         if complete:

@@ -216,3 +216,33 @@ def test_get_config_round_trip(layer):
     clone = type(layer).from_config(layer.get_config())
     assert clone.get_config() == layer.get_config()
     assert keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer)).get_config() == layer.get_config()
+
+
+def test_batched_spectral_matrices_equal_per_layer_ones():
+    from keras_nvae.flows import MaskedConv2D
+    from keras_nvae.layers.conv import spectral_matrices
+
+    convs = [
+        layers.Conv2D(6, 3, use_bias=True),
+        layers.Conv2D(6, 3),  # same kernel shape as the first: batched together
+        layers.Conv2D(6, 5, groups=6, weight_norm=False),
+        layers.Conv2D(8, 1),
+        MaskedConv2D(6, 3, zero_diag=True),
+        MaskedConv2D(6, 3, mirror=True),
+    ]
+    for conv in convs:
+        conv.build((1, 4, 4, 6))
+        # Move the weight norms away from their initial values so `g` matters.
+        if conv.weight_norm:
+            conv.log_weight_norm.assign(RNG.randn(conv.filters).astype("float32"))
+    variables = [v for conv in convs for v in conv.trainable_variables if "bias" not in v.path]
+    with tf.GradientTape(persistent=True) as tape:
+        batched = spectral_matrices(convs)
+        single = [conv.spectral_matrix() for conv in convs]
+        weights = [tf.constant(RNG.randn(*m.shape).astype("float32")) for m in single]
+        loss_batched = sum(tf.reduce_sum(w * m) for w, m in zip(weights, batched))
+        loss_single = sum(tf.reduce_sum(w * m) for w, m in zip(weights, single))
+    for a, b in zip(batched, single):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
+    for a, b in zip(tape.gradient(loss_batched, variables), tape.gradient(loss_single, variables)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)

@@ -54,6 +54,41 @@ def depthwise_conv_same(x, kernel):
     return y, grad
 
 
+def spectral_matrices(convs):
+    """`conv.spectral_matrix()` of every layer in `convs`, computed in batches.
+
+    Layers whose kernels have the same shape (and the same weight-norm
+    setting) are stacked, so the weight normalisation and reshaping run once
+    per shape instead of once per layer: a deep NVAE has hundreds of
+    convolutions, and every op in its training graph costs memory and
+    compile time on a CPU. The values equal the per-layer ones.
+
+    Args:
+        convs: list of built `Conv2D` layers.
+
+    Returns:
+        List of (C_out, kh * kw * C_in / groups) tensors, in the order of `convs`.
+    """
+    groups = {}
+    for index, conv in enumerate(convs):
+        groups.setdefault((tuple(conv.kernel.shape), conv.weight_norm), []).append(index)
+    matrices = [None] * len(convs)
+    for (shape, weight_norm), indices in groups.items():
+        kernels = tf.stack([convs[i].masked_kernel() for i in indices])
+        if weight_norm:
+            norm = tf.sqrt(tf.reduce_sum(tf.square(kernels), axis=(1, 2, 3), keepdims=True))
+            log_norm = tf.stack(
+                [tf.convert_to_tensor(convs[i].log_weight_norm) for i in indices]
+            )
+            kernels = tf.exp(log_norm)[:, None, None, None, :] * kernels / (norm + 1e-5)
+        stacked = tf.reshape(
+            tf.transpose(kernels, (0, 4, 1, 2, 3)), (len(indices), shape[-1], -1)
+        )
+        for i, matrix in zip(indices, tf.unstack(stacked)):
+            matrices[i] = matrix
+    return matrices
+
+
 @keras.saving.register_keras_serializable(package="keras_nvae")
 class Conv2D(keras.layers.Layer):
     """2-D convolution with NVAE's weight normalisation.
@@ -158,11 +193,16 @@ class Conv2D(keras.layers.Layer):
                 name="log_weight_norm", shape=(self.filters,), initializer=initial_log_norm
             )
 
-    def normalized_kernel(self):
-        """The effective kernel, (kh, kw, C_in / groups, C_out)."""
+    def masked_kernel(self):
+        """The raw kernel `v` times the autoregressive mask, if any."""
         kernel = tf.convert_to_tensor(self.kernel)
         if self._mask is not None:
             kernel = kernel * tf.constant(self._mask, dtype=kernel.dtype)
+        return kernel
+
+    def normalized_kernel(self):
+        """The effective kernel, (kh, kw, C_in / groups, C_out)."""
+        kernel = self.masked_kernel()
         if self.weight_norm:
             norm = tf.sqrt(tf.reduce_sum(tf.square(kernel), axis=(0, 1, 2)))
             kernel = tf.exp(self.log_weight_norm) * kernel / (norm + 1e-5)
