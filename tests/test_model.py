@@ -228,7 +228,8 @@ def test_default_config_is_valid():
     assert NVAEConfig().groups_per_scale == (10,)
 
 
-def test_fit_with_jit_compile():
+@pytest.mark.parametrize("remat", [False, True], ids=["plain", "remat"])
+def test_fit_with_jit_compile(remat):
     # A smaller configuration than "tiny": XLA compiles of NVAE graphs are slow on a CPU.
     model = NVAE.from_preset(
         "tiny",
@@ -238,6 +239,7 @@ def test_fit_with_jit_compile():
         num_preprocess_cells=1,
         num_postprocess_cells=1,
         num_flows=0,
+        remat=remat,
     )
     before = [w.copy() for w in model.get_weights()]
     model.compile(total_steps=2, jit_compile=True)
