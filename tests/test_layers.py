@@ -236,13 +236,26 @@ def test_batched_spectral_matrices_equal_per_layer_ones():
         if conv.weight_norm:
             conv.log_weight_norm.assign(RNG.randn(conv.filters).astype("float32"))
     variables = [v for conv in convs for v in conv.trainable_variables if "bias" not in v.path]
+    def per_layer(conv):
+        kernel = conv.normalized_kernel()
+        return tf.reshape(tf.transpose(kernel, (3, 0, 1, 2)), (conv.filters, -1))
+
+    def numpy_matrix(conv):
+        v = conv.kernel.numpy() * (1.0 if conv._mask is None else conv._mask)
+        if conv.weight_norm:
+            norm = np.sqrt((v.astype("float64") ** 2).sum(axis=(0, 1, 2)))
+            v = np.exp(conv.log_weight_norm.numpy()) * v / (norm + 1e-5)
+        return v.transpose(3, 0, 1, 2).reshape(conv.filters, -1)
+
     with tf.GradientTape(persistent=True) as tape:
         batched = spectral_matrices(convs)
-        single = [conv.spectral_matrix() for conv in convs]
+        single = [per_layer(conv) for conv in convs]
         weights = [tf.constant(RNG.randn(*m.shape).astype("float32")) for m in single]
         loss_batched = sum(tf.reduce_sum(w * m) for w, m in zip(weights, batched))
         loss_single = sum(tf.reduce_sum(w * m) for w, m in zip(weights, single))
-    for a, b in zip(batched, single):
+    for a, b, conv in zip(batched, single, convs):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(a.numpy(), numpy_matrix(conv), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(conv.spectral_matrix().numpy(), a.numpy(), rtol=1e-6, atol=1e-7)
     for a, b in zip(tape.gradient(loss_batched, variables), tape.gradient(loss_single, variables)):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)

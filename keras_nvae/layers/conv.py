@@ -54,6 +54,25 @@ def depthwise_conv_same(x, kernel):
     return y, grad
 
 
+def weight_normalize(kernel, log_weight_norm):
+    """NVAE's weight normalisation `exp(g) * v / (||v|| + 1e-5)`.
+
+    The norm is taken over (kh, kw, C_in) for each output channel. Leading
+    batch axes are allowed: `kernel` (..., kh, kw, C_in, C_out) with
+    `log_weight_norm` (..., C_out).
+
+    Args:
+        kernel: the raw kernel(s) `v`.
+        log_weight_norm: `g`, the log of each output channel's norm.
+
+    Returns:
+        Tensor shaped like `kernel`.
+    """
+    norm = tf.sqrt(tf.reduce_sum(tf.square(kernel), axis=(-4, -3, -2), keepdims=True))
+    scale = tf.exp(log_weight_norm)[..., None, None, None, :]
+    return scale * kernel / (norm + 1e-5)
+
+
 def spectral_matrices(convs):
     """`conv.spectral_matrix()` of every layer in `convs`, computed in batches.
 
@@ -61,7 +80,7 @@ def spectral_matrices(convs):
     setting) are stacked, so the weight normalisation and reshaping run once
     per shape instead of once per layer: a deep NVAE has hundreds of
     convolutions, and every op in its training graph costs memory and
-    compile time on a CPU. The values equal the per-layer ones.
+    compile time on a CPU.
 
     Args:
         convs: list of built `Conv2D` layers.
@@ -76,11 +95,10 @@ def spectral_matrices(convs):
     for (shape, weight_norm), indices in groups.items():
         kernels = tf.stack([convs[i].masked_kernel() for i in indices])
         if weight_norm:
-            norm = tf.sqrt(tf.reduce_sum(tf.square(kernels), axis=(1, 2, 3), keepdims=True))
-            log_norm = tf.stack(
+            log_norms = tf.stack(
                 [tf.convert_to_tensor(convs[i].log_weight_norm) for i in indices]
             )
-            kernels = tf.exp(log_norm)[:, None, None, None, :] * kernels / (norm + 1e-5)
+            kernels = weight_normalize(kernels, log_norms)
         stacked = tf.reshape(
             tf.transpose(kernels, (0, 4, 1, 2, 3)), (len(indices), shape[-1], -1)
         )
@@ -204,14 +222,12 @@ class Conv2D(keras.layers.Layer):
         """The effective kernel, (kh, kw, C_in / groups, C_out)."""
         kernel = self.masked_kernel()
         if self.weight_norm:
-            norm = tf.sqrt(tf.reduce_sum(tf.square(kernel), axis=(0, 1, 2)))
-            kernel = tf.exp(self.log_weight_norm) * kernel / (norm + 1e-5)
+            kernel = weight_normalize(kernel, tf.convert_to_tensor(self.log_weight_norm))
         return kernel
 
     def spectral_matrix(self):
         """The effective kernel as a (C_out, -1) matrix for spectral regularisation."""
-        kernel = self.normalized_kernel()
-        return tf.reshape(tf.transpose(kernel, (3, 0, 1, 2)), (self.filters, -1))
+        return spectral_matrices([self])[0]
 
     def call(self, inputs):
         kernel = tf.cast(self.normalized_kernel(), self.compute_dtype)
