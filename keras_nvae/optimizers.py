@@ -6,6 +6,7 @@ decay) and a linear warm-up followed by cosine annealing. Both are
 reproduced here so that training dynamics match the reference code.
 """
 
+import itertools
 import math
 
 import keras
@@ -97,7 +98,7 @@ class NVAEAdamax(keras.optimizers.Optimizer):
             )
         super().build(var_list)
         sizes = [math.prod(v.shape) for v in var_list]
-        self._offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+        self._offsets = [0, *itertools.accumulate(sizes)][:-1]
         self._sizes = sizes
         total = sum(sizes)
         dtype = dtypes.pop() if dtypes else "float32"

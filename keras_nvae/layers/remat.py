@@ -44,15 +44,16 @@ def rematerialize(fn, *tensors):
     y = rematerialize(lambda t: cell(t, training=True), x)
     ```
     """
-    calls = []
+    ran = False
 
-    def counted(*args):
+    def flagged(*args):
+        nonlocal ran
         outer = is_recomputing()
-        _state.recomputing = outer or bool(calls)
-        calls.append(None)
+        _state.recomputing = outer or ran  # every call after the first is the re-run
+        ran = True
         try:
             return fn(*args)
         finally:
             _state.recomputing = outer
 
-    return tf.recompute_grad(counted)(*tensors)
+    return tf.recompute_grad(flagged)(*tensors)
