@@ -96,23 +96,21 @@ def _bn_statistics(layers):
     }
 
 
+def _bn_layers(*blocks):
+    return [
+        layer
+        for block in blocks
+        for cell in block
+        for layer in cell._flatten_layers()
+        if isinstance(layer, BatchNorm)
+    ]
+
+
 def test_readjust_bn_changes_only_decoder_statistics():
     keras.utils.set_random_seed(2)
     model = NVAE.from_preset("tiny")
-    encoder = [
-        layer
-        for block in [model.pre_process, model.enc_tower]
-        for cell in block
-        for layer in cell._flatten_layers()
-        if isinstance(layer, BatchNorm)
-    ]
-    decoder = [
-        layer
-        for block in [model.dec_tower, model.post_process]
-        for cell in block
-        for layer in cell._flatten_layers()
-        if isinstance(layer, BatchNorm)
-    ]
+    encoder = _bn_layers(model.pre_process, model.enc_tower)
+    decoder = _bn_layers(model.dec_tower, model.post_process)
     assert encoder and decoder
     assert len(encoder) + len(decoder) == len(model._bn_layers)
     weights = [w.numpy() for w in model.trainable_weights]
