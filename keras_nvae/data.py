@@ -345,17 +345,18 @@ def from_numpy(
     )
 
 
-def digits_arrays(split="train", test_fraction=0.2, seed=0):
+def digits_arrays(split="train", test_fraction=0.2, split_seed=0):
     """Returns scikit-learn's 8x8 digits as `uint8` images.
 
     The 0..16 intensities are scaled to 0..255 with `round(v * 255 / 16)`.
     The train/test split is a deterministic, seeded permutation of the 1,797
-    images; the two splits are disjoint and together cover all images.
+    images; the two splits are disjoint and together cover all images. The
+    default `split_seed` gives the split every trainer and evaluator uses.
 
     Args:
         split: `"train"` or `"test"`.
         test_fraction: fraction of images in the test split, in `(0, 1)`.
-        seed: seed of the split permutation.
+        split_seed: seed of the split permutation.
 
     Returns:
         A `uint8` array of shape `(N, 8, 8, 1)`.
@@ -373,7 +374,7 @@ def digits_arrays(split="train", test_fraction=0.2, seed=0):
 
     values = sklearn_load_digits().images  # (1797, 8, 8), floats in 0..16
     images = np.round(values * (255.0 / 16.0)).astype(np.uint8)[..., np.newaxis]
-    order = np.random.default_rng(seed).permutation(len(images))
+    order = np.random.default_rng(split_seed).permutation(len(images))
     num_test = int(round(len(images) * test_fraction))
     indices = order[:num_test] if split == "test" else order[num_test:]
     return images[np.sort(indices)]
@@ -383,11 +384,12 @@ def load_digits(
     split="train",
     batch_size=64,
     test_fraction=0.2,
-    seed=0,
+    seed=None,
     shuffle=True,
     repeat=False,
     binarize=False,
     drop_remainder=False,
+    split_seed=0,
 ):
     """Loads scikit-learn's 8x8 digits as a batched `uint8` pipeline.
 
@@ -397,11 +399,13 @@ def load_digits(
         split: `"train"` or `"test"`.
         batch_size: number of images per batch.
         test_fraction: fraction of images in the test split.
-        seed: seed of the train/test split and of the shuffling.
+        seed: optional seed of the shuffling (and binarisation); it does not
+            move the train/test split.
         shuffle: whether to shuffle, differently each epoch.
         repeat: whether to repeat the data indefinitely.
         binarize: whether to dynamically binarise the images.
         drop_remainder: whether to drop the last, smaller batch.
+        split_seed: seed of the train/test split (see `digits_arrays`).
 
     Returns:
         A `tf.data.Dataset` of `(batch, 8, 8, 1)` batches, `uint8` (or
@@ -414,7 +418,7 @@ def load_digits(
     TensorShape([16, 8, 8, 1])
     """
     return from_numpy(
-        digits_arrays(split, test_fraction=test_fraction, seed=seed),
+        digits_arrays(split, test_fraction=test_fraction, split_seed=split_seed),
         batch_size,
         shuffle=shuffle,
         seed=seed,
@@ -821,8 +825,8 @@ def make_dataset(
             flips for other sources.
         binarize: dynamic binarisation; `None` uses the TFDS preset, and no
             binarisation for other sources.
-        seed: optional integer seed (for `"digits"`, also of the split;
-            defaults to 0 there).
+        seed: optional integer seed of shuffling and augmentation (the
+            `"digits"` train/test split is fixed; see `digits_arrays`).
         image_size: output side length. Required for image folders; for
             arrays and digits it must match the stored size if given.
         drop_remainder: whether to drop the last, smaller batch.
@@ -855,7 +859,7 @@ def make_dataset(
         repeat=repeat,
     )
     if source == "digits":
-        images = digits_arrays(split, seed=0 if seed is None else seed)
+        images = digits_arrays(split)
         _check_image_size(images, image_size, "'digits'")
         return from_numpy(images, batch_size, seed=seed, **array_options)
     if source.lower().endswith(_ARRAY_EXTENSIONS):

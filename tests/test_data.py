@@ -35,12 +35,25 @@ def test_digits_split_is_deterministic_disjoint_partition():
     everything = np.round(load_digits().images * 255 / 16).astype(np.uint8)
     train, test = data.digits_arrays("train"), data.digits_arrays("test")
     np.testing.assert_array_equal(train, data.digits_arrays("train"))
-    np.testing.assert_array_equal(test, data.digits_arrays("test", seed=0))
+    np.testing.assert_array_equal(test, data.digits_arrays("test", split_seed=0))
     # Together the splits are exactly the full data set, each image once.
     assert _rows(np.concatenate([train, test])[..., 0]) == _rows(everything)
-    # A different seed gives a different split of the same size.
-    other = data.digits_arrays("test", seed=1)
+    # A different split seed gives a different split of the same size.
+    other = data.digits_arrays("test", split_seed=1)
     assert other.shape == test.shape and not np.array_equal(other, test)
+
+
+def test_digits_shuffle_seed_does_not_move_the_split():
+    # Runs with different seeds must evaluate on the same held-out images.
+    for seed in (None, 3, 7):
+        for split in ("train", "test"):
+            shuffled = _collect(data.load_digits(split, batch_size=2000, seed=seed))
+            assert _rows(shuffled) == _rows(data.digits_arrays(split))
+            made = _collect(data.make_dataset("digits", split, batch_size=2000, seed=seed))
+            assert _rows(made) == _rows(data.digits_arrays(split))
+    moved = _collect(data.load_digits("test", batch_size=2000, split_seed=1))
+    assert _rows(moved) == _rows(data.digits_arrays("test", split_seed=1))
+    assert _rows(moved) != _rows(data.digits_arrays("test"))
 
 
 def test_digits_split_validation():

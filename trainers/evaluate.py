@@ -63,8 +63,7 @@ flags.register_validator(
 flags.DEFINE_integer(
     "seed",
     0,
-    "Random seed; for 'digits' also the seed of its train/test split, so pass the training "
-    "run's --seed.",
+    "Random seed of the BN re-adjustment samples and of the importance samples.",
     flag_values=FLAGS,
 )
 

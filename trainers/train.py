@@ -125,7 +125,7 @@ flags.register_validator(
     "temperature", lambda value: value > 0, "--temperature must be > 0.", flag_values=FLAGS
 )
 flags.DEFINE_integer(
-    "seed", 0, "Random seed (for 'digits' also of its train/test split).", flag_values=FLAGS
+    "seed", 0, "Random seed of weights, shuffling and sampling.", flag_values=FLAGS
 )
 flags.DEFINE_bool(
     "resume",
