@@ -151,14 +151,6 @@ def _check_last_axis(params, expected, what):
         )
 
 
-def _image_event_shape(params, num_channels):
-    return params.shape[-3:-1].concatenate([num_channels])
-
-
-def _image_event_shape_tensor(params, num_channels):
-    return tf.concat([tf.shape(params)[-3:-1], [num_channels]], axis=0)
-
-
 def _coefficient_slot(target, source):
     """Index of the coefficient linking `source` channel to `target`.
 
@@ -186,7 +178,47 @@ def _autoregressive_shift(coeffs, channels, target):
     return shift
 
 
-class DiscretizedMixtureLogistics(tfd.Distribution):
+class _ImageLikelihood(tfd.Distribution):
+    """What the image likelihoods share: a parameter tensor `(..., H, W, P)`
+    whose event is an image `(H, W, C)`. Subclasses set `_params` and
+    `_num_channels` before calling `tfd.Distribution.__init__`, and say in
+    their docstring how `sample`'s `temperature` acts."""
+
+    @classmethod
+    def _parameter_properties(cls, dtype, num_classes=None):
+        return dict(params=tfp.util.ParameterProperties(event_ndims=3))
+
+    @property
+    def params(self):
+        """The raw parameter tensor."""
+        return self._params
+
+    @property
+    def num_channels(self):
+        """Number of image channels."""
+        return self._num_channels
+
+    def _event_shape(self):
+        return self._params.shape[-3:-1].concatenate([self._num_channels])
+
+    def _event_shape_tensor(self):
+        return tf.concat([tf.shape(self._params)[-3:-1], [self._num_channels]], axis=0)
+
+    def sample_with_temperature(self, temperature, seed=None):
+        """Draws one image per batch member at the given temperature.
+
+        Args:
+            temperature: Float or scalar tensor (the class docstring says how
+                it acts).
+            seed: Optional stateless seed, an int tensor of shape `(2,)`.
+
+        Returns:
+            Tensor `(..., H, W, C)` in `[0, 1]`.
+        """
+        return self.sample(seed=seed, temperature=temperature)
+
+
+class DiscretizedMixtureLogistics(_ImageLikelihood):
     """Discretised mixture of logistics over NHWC images (PixelCNN++ / NVAE).
 
     Each pixel is a mixture of `M` components. Within a component the
@@ -212,6 +244,11 @@ class DiscretizedMixtureLogistics(tfd.Distribution):
 
     The batch shape is `params.shape[:-3]` and the event shape `(H, W, C)`.
     Values are floats in `[0, 1]` on the grid `k / (2 ** num_bits - 1)`.
+
+    Sampling at temperature `t` (`sample(temperature=t)`,
+    `sample_with_temperature(t)`) divides the mixture logits by `t` and
+    multiplies the logistic scale by `t` (divides it, if
+    `official_temperature`).
 
     Args:
         params: Float tensor `(..., H, W, M + C * 3 * M)`.
@@ -275,20 +312,6 @@ class DiscretizedMixtureLogistics(tfd.Distribution):
         """
         return num_mixtures + num_channels * 3 * num_mixtures
 
-    @classmethod
-    def _parameter_properties(cls, dtype, num_classes=None):
-        return dict(params=tfp.util.ParameterProperties(event_ndims=3))
-
-    @property
-    def params(self):
-        """The raw parameter tensor."""
-        return self._params
-
-    @property
-    def num_channels(self):
-        """Number of image channels."""
-        return self._num_channels
-
     @property
     def num_mixtures(self):
         """Number of mixture components."""
@@ -308,12 +331,6 @@ class DiscretizedMixtureLogistics(tfd.Distribution):
     def official_temperature(self):
         """Whether sampling uses the official temperature convention."""
         return self._official_temperature
-
-    def _event_shape(self):
-        return _image_event_shape(self._params, self._num_channels)
-
-    def _event_shape_tensor(self):
-        return _image_event_shape_tensor(self._params, self._num_channels)
 
     def _components(self):
         """Unpacks `params`.
@@ -469,20 +486,6 @@ class DiscretizedMixtureLogistics(tfd.Distribution):
             channels.append(tf.clip_by_value(value, -1.0, 1.0))
         return tf.concat(channels, axis=-1) / 2.0 + 0.5
 
-    def sample_with_temperature(self, temperature, seed=None):
-        """Draws one image per batch member at the given temperature.
-
-        Args:
-            temperature: Float or scalar tensor. The mixture logits are
-                divided by it; the logistic scale is multiplied by it (or
-                divided, if `official_temperature`).
-            seed: Optional stateless seed, an int tensor of shape `(2,)`.
-
-        Returns:
-            Tensor `(..., H, W, C)` in `[0, 1]`.
-        """
-        return self.sample(seed=seed, temperature=temperature)
-
     def _mean(self):
         # The official point estimate: mixture-averaged means and
         # coefficients, composed autoregressively and clamped. It is not the
@@ -494,7 +497,7 @@ class DiscretizedMixtureLogistics(tfd.Distribution):
         return self._compose_channels(means, coeffs)
 
 
-class NormalDecoder(tfd.Distribution):
+class NormalDecoder(_ImageLikelihood):
     """Continuous normal likelihood over NHWC images in `[0, 1]`.
 
     This is the official NVAE decoder for `--num_mixture_dec 1`. The image is
@@ -507,6 +510,9 @@ class NormalDecoder(tfd.Distribution):
     `params` has shape `(..., H, W, 2 * C)`: the first `C` channels are the
     raw means and the last `C` the raw log standard deviations. The batch
     shape is `params.shape[:-3]` and the event shape `(H, W, C)`.
+
+    Sampling at temperature `t` multiplies the standard deviation by `t`, as
+    for the latent variables (the official decoder ignores the temperature).
 
     Args:
         params: Float tensor `(..., H, W, 2 * C)`.
@@ -532,26 +538,6 @@ class NormalDecoder(tfd.Distribution):
                 name=name,
             )
 
-    @classmethod
-    def _parameter_properties(cls, dtype, num_classes=None):
-        return dict(params=tfp.util.ParameterProperties(event_ndims=3))
-
-    @property
-    def params(self):
-        """The raw parameter tensor."""
-        return self._params
-
-    @property
-    def num_channels(self):
-        """Number of image channels."""
-        return self._num_channels
-
-    def _event_shape(self):
-        return _image_event_shape(self._params, self._num_channels)
-
-    def _event_shape_tensor(self):
-        return _image_event_shape_tensor(self._params, self._num_channels)
-
     def _normal(self, temperature=1.0):
         return normal_from_params(
             *split_normal_params(self._params), temperature=temperature
@@ -566,19 +552,6 @@ class NormalDecoder(tfd.Distribution):
         # standard deviation like it does for the latent variables.
         x = self._normal(temperature).sample(n, seed=seed)
         return tf.clip_by_value(x, -1.0, 1.0) / 2.0 + 0.5
-
-    def sample_with_temperature(self, temperature, seed=None):
-        """Draws one image per batch member at the given temperature.
-
-        Args:
-            temperature: Float or scalar tensor scaling the standard
-                deviation (the official code ignores it).
-            seed: Optional stateless seed, an int tensor of shape `(2,)`.
-
-        Returns:
-            Tensor `(..., H, W, C)` in `[0, 1]`.
-        """
-        return self.sample(seed=seed, temperature=temperature)
 
     def _mean(self):
         # The clamped location mapped to [0, 1]; the point estimate used for
