@@ -133,14 +133,14 @@ def op_flops(op):
 def op_signature(op):
     """Hashable description of a kernel op: type, dtype, shapes and attributes."""
     attrs = {}
-    for name in ("strides", "padding", "dilations", "transpose_a", "transpose_b", "adj_x", "adj_y", "data_format"):
+    names = ("strides", "padding", "dilations", "data_format")
+    names += ("transpose_a", "transpose_b", "adj_x", "adj_y")
+    for name in names:
         try:
             value = op.get_attr(name)
-        except ValueError:
+        except ValueError:  # not an attribute of this op type
             continue
-        attrs[name] = value.decode() if isinstance(value, bytes) else (
-            tuple(value) if isinstance(value, list) else value
-        )
+        attrs[name] = value.decode() if isinstance(value, bytes) else value
     dtype = op.outputs[0].dtype.name
     if op.type in CONV_OPS:
         data, filt, out = _conv_geometry(op)
@@ -160,6 +160,8 @@ def collect_kernel_ops(graph):
                 sig = op_signature(op)
                 entry = ops.setdefault(sig, {"count": 0, "flops": op_flops(op)})
                 entry["count"] += 1
+        # Functions the graph calls (private TF attribute; best effort: ops
+        # that are missed only make the floor lower).
         for fn in getattr(g, "_functions", {}).values():
             if hasattr(fn, "graph"):
                 visit(fn.graph)
@@ -192,7 +194,7 @@ def tf_kernel(signature):
         return tf.cast(tf.random.normal(shape), dtype)
 
     if op_type in CONV_OPS:
-        conv = dict(strides=attrs["strides"], padding=attrs["padding"], dilations=attrs["dilations"])
+        conv = {k: attrs[k] for k in ("strides", "padding", "dilations", "data_format")}
         data, filt, out = shapes["data"], shapes["filter"], shapes["out"]
         raw = getattr(tf.raw_ops, op_type)
         if op_type in ("Conv2D", "DepthwiseConv2dNative"):
@@ -230,7 +232,11 @@ def torch_kernel(signature):
         return torch.randn(n, c, h, w, dtype=f32)
 
     if op_type in CONV_OPS:
-        if attrs["dilations"] != [1, 1, 1, 1] or attrs["padding"] not in ("SAME", "VALID"):
+        if (
+            attrs["dilations"] != [1, 1, 1, 1]
+            or attrs["padding"] not in ("SAME", "VALID")
+            or attrs["data_format"] != "NHWC"
+        ):
             return None
         data, filt, out = shapes["data"], shapes["filter"], shapes["out"]
         stride = attrs["strides"][1]
