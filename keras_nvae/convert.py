@@ -220,19 +220,20 @@ def official_name_map(model):
     Special targets: ("ignored", None) for `num_batches_tracked`, and
     ("derived", source_name) for buffers that duplicate another tensor.
     """
+    modules = model.official_modules()
     targets = {"prior_ftr0": (model.prior_ftr0, lambda t: np.transpose(t, (1, 2, 0)))}
-    targets.update(_conv_targets("stem", model.stem))
+    targets.update(_conv_targets("stem", modules["stem"]))
     for tower in ("pre_process", "enc_tower", "dec_tower", "post_process"):
-        for i, cell in enumerate(getattr(model, tower)):
+        for i, cell in enumerate(modules[tower]):
             targets.update(_cell_targets(f"{tower}.{i}", cell))
-    targets.update(_conv_targets("enc0.1", model.enc0))
-    for i, conv in enumerate(model.enc_sampler):
+    targets.update(_conv_targets("enc0.1", modules["enc0"]))
+    for i, conv in enumerate(modules["enc_sampler"]):
         targets.update(_conv_targets(f"enc_sampler.{i}", conv))
-    for i, conv in enumerate(model.dec_sampler):
+    for i, conv in enumerate(modules["dec_sampler"]):
         targets.update(_conv_targets(f"dec_sampler.{i}.1", conv))
-    for i, cell in enumerate(model.nf_cells):
+    for i, cell in enumerate(modules["nf_cells"]):
         targets.update(_flow_targets(f"nf_cells.{i}", cell))
-    targets.update(_conv_targets("image_conditional.1", model.image_conditional))
+    targets.update(_conv_targets("image_conditional.1", modules["image_conditional"]))
     return targets
 
 

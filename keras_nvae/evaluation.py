@@ -1,12 +1,10 @@
 """Evaluation of trained NVAEs: importance-weighted bits/dim and BN re-adjustment."""
 
-import math
-
 import keras
 import tensorflow as tf
 
 from keras_nvae import distributions
-from keras_nvae.model import _unpack_images
+from keras_nvae import inputs
 
 
 def bits_per_dim(model, dataset, num_samples=1000, max_batches=None, images_per_pass=None):
@@ -57,34 +55,20 @@ def bits_per_dim(model, dataset, num_samples=1000, max_batches=None, images_per_
             isinstance(value, bool) or not isinstance(value, int) or value < 1
         ):
             raise ValueError(f"`{name}` must be a positive int or None, got {value!r}.")
-    if images_per_pass is None:
-        images_per_pass = 2 * model.config.batch_size
-
-    @tf.function(reduce_retracing=True)
-    def log_weights(images, copies):
-        # One importance weight per (image, copy); row-major: image i, copy j.
-        repeated = tf.repeat(images, copies, axis=0)
-        return tf.reshape(model.log_likelihood(repeated, num_samples=1), (-1, copies))
-
+    log_likelihood = tf.function(
+        lambda images: model.log_likelihood(images, num_samples, images_per_pass),
+        reduce_retracing=True,
+    )
     total_nll = 0.0
     num_images = 0
     for index, batch in enumerate(dataset):
         if max_batches is not None and index >= max_batches:
             break
-        images = _unpack_images(batch)
+        images = inputs.unpack_images(batch)
         model.preprocess_images(images)  # Eager validation: clear errors for bad data.
-        batch_size = int(images.shape[0])
-        copies_per_pass = max(1, images_per_pass // batch_size)
-        chunks = []
-        remaining = num_samples
-        while remaining:
-            copies = min(copies_per_pass, remaining)
-            chunks.append(log_weights(images, tf.constant(copies)))
-            remaining -= copies
-        log_w = tf.concat(chunks, axis=1)
-        log_px = tf.reduce_logsumexp(log_w, axis=1) - math.log(num_samples)
+        log_px = log_likelihood(images)
         total_nll -= float(tf.reduce_sum(tf.cast(log_px, tf.float64)))
-        num_images += batch_size
+        num_images += int(images.shape[0])
     if num_images == 0:
         raise ValueError("bits_per_dim: the dataset yielded no images.")
     nll = total_nll / num_images

@@ -109,8 +109,9 @@ def _bn_layers(*blocks):
 def test_readjust_bn_changes_only_decoder_statistics():
     keras.utils.set_random_seed(2)
     model = NVAE.from_preset("tiny")
-    encoder = _bn_layers(model.pre_process, model.enc_tower)
-    decoder = _bn_layers(model.dec_tower, model.post_process)
+    towers = model.official_modules()
+    encoder = _bn_layers(towers["pre_process"], towers["enc_tower"])
+    decoder = _bn_layers(towers["dec_tower"], towers["post_process"])
     assert encoder and decoder
     assert len(encoder) + len(decoder) == len(model._bn_layers)
     weights = [w.numpy() for w in model.trainable_weights]

@@ -115,14 +115,14 @@ def test_sample_temperature_scales_prior_noise(tiny):
     _, logits = tiny.sample(2, temperature=0.5, noise=noise, return_logits=True)
     latents = [1.01 * 0.5 * noise[0]]
 
-    def latent_fn(group, s):
-        if group < len(latents):
-            return latents[group]
-        mu, log_sigma = np.split(tiny.dec_sampler[group - 1](tf.nn.elu(s)).numpy(), 2, axis=-1)
+    def latent_fn(index, group, s):
+        if index < len(latents):
+            return latents[index]
+        mu, log_sigma = np.split(group.prior_head(tf.nn.elu(s)).numpy(), 2, axis=-1)
         mu = 5 * np.tanh(mu / 5)
         sigma = (np.exp(5 * np.tanh(log_sigma / 5)) + 1e-2) * 0.5
-        latents.append(mu + sigma * noise[group])
-        return latents[group]
+        latents.append(mu + sigma * noise[index])
+        return latents[index]
 
     expected = tiny._top_down(2, latent_fn)
     np.testing.assert_allclose(logits.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)

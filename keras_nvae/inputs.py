@@ -1,0 +1,156 @@
+"""What an NVAE accepts as input: images, batches from `fit`, latent noise."""
+
+import numpy as np
+import tensorflow as tf
+
+from keras_nvae import distributions
+
+
+def unpack_images(data):
+    """Images from what `fit`/`evaluate` pass to a step (x, (x,), (x, y), dict).
+
+    Args:
+        data: a tensor, a tuple/list whose first element holds the images, or
+            a dict with an "image", "images" or "x" key.
+
+    Returns:
+        The images.
+
+    Raises:
+        ValueError: a dict without one of those keys.
+    """
+    if isinstance(data, (tuple, list)):
+        return data[0]
+    if isinstance(data, dict):
+        for key in ("image", "images", "x"):
+            if key in data:
+                return data[key]
+        raise ValueError(
+            "NVAE datasets that yield dicts must have an 'image' key, got keys "
+            f"{sorted(data)}."
+        )
+    return data
+
+
+def _check_dtype_and_shape(images, config):
+    dtype = tf.as_dtype(images.dtype) if hasattr(images, "dtype") else None
+    if dtype is None or not (dtype == tf.uint8 or dtype.is_floating):
+        raise ValueError(
+            "NVAE expects images as uint8 [0, 255] or float [0, 1]; got dtype "
+            f"{dtype.name if dtype is not None else type(images).__name__}. "
+            "Cast integer images to uint8 (or divide by 255 to get floats)."
+        )
+    shape = tuple(images.shape)
+    if len(shape) != 4 or tuple(shape[1:]) != tuple(config.image_shape):
+        raise ValueError(
+            "NVAE expects NHWC images of shape "
+            f"(batch, {', '.join(map(str, config.image_shape))}); got shape {shape}. "
+            "Resize/convert your images, or build the model with a matching "
+            "image_shape."
+        )
+    return dtype
+
+
+def _check_values(values, dtype, config):
+    if not values.size:
+        return
+    if dtype.is_floating and (
+        not np.all(np.isfinite(values)) or values.min() < 0.0 or values.max() > 1.0
+    ):
+        raise ValueError(
+            "NVAE expects float images in [0, 1]; got values in "
+            f"[{values.min():.4g}, {values.max():.4g}]. Divide 8-bit images by "
+            "255 (or pass them as uint8)."
+        )
+    if config.likelihood == "bernoulli":
+        binary = values if dtype.is_floating else values / 255.0
+        if not np.all((binary == 0) | (binary == 1)):
+            raise ValueError(
+                "This NVAE uses a Bernoulli likelihood and expects binary "
+                "images (0/1 floats or 0/255 uint8); binarise them first, "
+                "e.g. with keras_nvae.data.dynamic_binarize."
+            )
+
+
+def preprocess_images(images, config):
+    """Validate images and map them to what the network sees.
+
+    Values are checked only for concrete (eager) inputs; dtype and shape
+    always.
+
+    Args:
+        images: NHWC, uint8 in [0, 255] or floating in [0, 1], shaped like the
+            configuration's `image_shape`.
+        config: the model's `NVAEConfig`.
+
+    Returns:
+        (x, target): float32 [0, 1] images bit-reduced to `num_x_bits`; `x`
+        padded to `pad_to` (the network input), `target` unpadded (what the
+        likelihood scores).
+
+    Raises:
+        ValueError: wrong rank, shape, dtype or value range.
+    """
+    dtype = _check_dtype_and_shape(images, config)
+    if not tf.is_symbolic_tensor(images) and tf.executing_eagerly():
+        _check_values(np.asarray(images), dtype, config)
+    x = tf.cast(images, tf.float32)
+    if dtype == tf.uint8:
+        x = x / 255.0
+    x = distributions.reduce_bits(x, config.num_x_bits)
+    target = x
+    padding = _padding(config)
+    if padding:
+        x = tf.pad(x, [[0, 0], [padding, padding], [padding, padding], [0, 0]])
+    return x, target
+
+
+def _padding(config):
+    if config.pad_to is None:
+        return 0
+    return (config.pad_to - config.image_shape[0]) // 2
+
+
+def crop_padding(tensor, config):
+    """Undo `preprocess_images`' padding of an NHWC tensor."""
+    padding = _padding(config)
+    if not padding:
+        return tensor
+    height, width = config.image_shape[:2]
+    return tensor[:, padding : padding + height, padding : padding + width, :]
+
+
+def check_noise(noise, latent_shapes, batch_size=None):
+    """Validate per-group latent noise (decoder order) and convert it to float32.
+
+    Args:
+        noise: a list with one tensor per latent group.
+        latent_shapes: the model's `latent_shapes`.
+        batch_size: optional int the batch axis must equal.
+
+    Returns:
+        The list of float32 tensors.
+
+    Raises:
+        ValueError: wrong number of tensors or a wrong shape (named).
+    """
+    if len(noise) != len(latent_shapes):
+        raise ValueError(
+            f"`noise` must be a list of {len(latent_shapes)} tensors (one per latent "
+            f"group, decoder order), got {len(noise)}."
+        )
+    checked = []
+    for i, (eps, shape) in enumerate(zip(noise, latent_shapes)):
+        eps = tf.convert_to_tensor(eps, tf.float32)
+        wrong_batch = (
+            isinstance(batch_size, int)
+            and eps.shape[0] is not None
+            and eps.shape[0] != batch_size
+        )
+        if tuple(eps.shape[1:]) != tuple(shape) or wrong_batch:
+            raise ValueError(
+                f"noise[{i}] must have shape (batch, {', '.join(map(str, shape))}), "
+                f"got {tuple(eps.shape)}."
+            )
+        checked.append(eps)
+    return checked

@@ -1,0 +1,334 @@
+"""NVAE's training policy: objective, schedules, default optimizer, steps, metrics."""
+
+import math
+
+import keras
+import tensorflow as tf
+
+from keras_nvae import distributions
+from keras_nvae import inputs
+from keras_nvae import objectives
+from keras_nvae import optimizers as nvae_optimizers
+from keras_nvae.layers.conv import Conv2D, spectral_matrices
+from keras_nvae.layers.normalization import BatchNorm
+
+METRIC_NAMES = (
+    "loss",
+    "nelbo",
+    "recon",
+    "kl",
+    "bpd",
+    "kl_coeff",
+    "spectral",
+    "bn_reg",
+    "active_groups",
+)
+
+
+class NVAETrainer:
+    """How an NVAE network is trained: a mixin for `keras.Model` subclasses.
+
+    It owns the training state (step counter, the number of steps the
+    schedules span, the spectral regulariser's power-iteration vectors and
+    the metrics) and the policy: the objective (reconstruction, balanced KL
+    with warm-up, spectral and BN regularisers), the default optimizer and
+    learning-rate schedule, `train_step`/`test_step`, and the workarounds
+    that `tf.distribute` needs. The network comes from the class it is mixed
+    into (`keras_nvae.network.NVAENetwork`); `keras_nvae.NVAE` combines both.
+    """
+
+    def __init__(self, config=None, **kwargs):
+        super().__init__(config, **kwargs)
+        self.spectral_regularizer = objectives.SpectralRegularizer(
+            name="spectral_regularizer"
+        )
+        self.kl_alphas = objectives.kl_balancing_alphas(self.config.groups_per_scale)
+        self._trackers = {name: keras.metrics.Mean(name=name) for name in METRIC_NAMES}
+        self._default_optimizer_wanted = True
+        self._schedule_pending = False
+        self._schedule_steps_per_epoch = None
+        self.build((None,) + tuple(self.config.image_shape))
+
+    def build(self, input_shape):
+        built = self.built
+        super().build(input_shape)
+        if built:
+            return
+        self.global_step = self.add_weight(
+            name="global_step",
+            shape=(),
+            dtype="int64",
+            initializer="zeros",
+            trainable=False,
+            aggregation="only_first_replica",
+        )
+        self.total_steps = self.add_weight(
+            name="total_steps",
+            shape=(),
+            dtype="int64",
+            initializer=keras.initializers.Constant(1),
+            trainable=False,
+        )
+        layers = _flatten(self.modules_in_official_order())
+        self._conv_layers = [layer for layer in layers if isinstance(layer, Conv2D)]
+        self._bn_layers = [layer for layer in layers if isinstance(layer, BatchNorm)]
+        self.spectral_regularizer.build(
+            [tuple(conv.spectral_matrix().shape) for conv in self._conv_layers]
+        )
+
+    # --------------------------------------------------------------- compile
+    @property
+    def metrics(self):
+        return list(self._trackers.values())
+
+    def compile(
+        self,
+        optimizer=None,
+        total_steps=None,
+        steps_per_epoch=None,
+        jit_compile="auto",
+        **kwargs,
+    ):
+        """Configure training.
+
+        Args:
+            optimizer: None for the preset's optimiser (PyTorch-semantics Adamax
+                with eps 1e-3 and coupled L2 weight decay, linear warm-up then
+                cosine decay), or any Keras optimizer.
+            total_steps: steps the schedules span (learning-rate warm-up and
+                cosine, KL warm-up, lambda annealing). Default: the first
+                `fit`'s `epochs * steps_per_epoch`, resolved when it starts.
+            steps_per_epoch: steps per epoch; with it the learning-rate cosine
+                is stepped per epoch, as in the official code.
+            jit_compile: passed to `keras.Model.compile`.
+            **kwargs: other `keras.Model.compile` arguments.
+        """
+        self._schedule_steps_per_epoch = steps_per_epoch
+        self._default_optimizer_wanted = optimizer is None
+        self._schedule_pending = total_steps is None
+        super().compile(optimizer=None, jit_compile=jit_compile, **kwargs)
+        if optimizer is not None:
+            self.optimizer = self._with_loss_scaling(keras.optimizers.get(optimizer))
+        if total_steps is not None:
+            self._resolve_schedule(total_steps)
+
+    def _resolve_schedule(self, total_steps):
+        """Fix the number of steps the schedules span: the one place it is set.
+
+        Sets `total_steps` (read by the KL warm-up and lambda annealing) and,
+        when `compile` was given no optimizer, creates the default optimizer
+        whose learning-rate schedule spans the same steps.
+        """
+        total_steps = max(int(total_steps), 1)
+        self.total_steps.assign(total_steps)
+        self._schedule_pending = False
+        if self._default_optimizer_wanted:
+            with self.distribute_strategy.scope():
+                optimizer = self._default_optimizer(total_steps)
+            self.optimizer = self._with_loss_scaling(optimizer)
+
+    def _default_optimizer(self, total_steps):
+        c = self.config
+        steps_per_epoch = self._schedule_steps_per_epoch
+        if steps_per_epoch:
+            warmup = int(c.warmup_epochs * steps_per_epoch)
+        else:
+            warmup = int(round(total_steps * c.warmup_epochs / c.epochs))
+        schedule = nvae_optimizers.WarmupCosineSchedule(
+            peak_learning_rate=c.learning_rate,
+            min_learning_rate=c.learning_rate_min,
+            warmup_steps=min(warmup, total_steps),
+            total_steps=total_steps,
+            steps_per_epoch=steps_per_epoch,
+        )
+        return nvae_optimizers.NVAEAdamax(
+            learning_rate=schedule, l2_weight_decay=c.weight_decay
+        )
+
+    @staticmethod
+    def _with_loss_scaling(optimizer):
+        if keras.mixed_precision.global_policy().name == "mixed_float16" and not isinstance(
+            optimizer, keras.optimizers.LossScaleOptimizer
+        ):
+            # The official code starts its gradient scaler at 2**10 (Keras: 2**15).
+            return keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=2.0**10)
+        return optimizer
+
+    def get_compile_config(self):
+        if not self.compiled:
+            return None
+        custom = not self._default_optimizer_wanted
+        return {
+            "optimizer": keras.saving.serialize_keras_object(self.optimizer) if custom else None,
+            "total_steps": None
+            if self._schedule_pending
+            else int(keras.ops.convert_to_numpy(self.total_steps)),
+            "steps_per_epoch": self._schedule_steps_per_epoch,
+            "jit_compile": self.jit_compile,
+        }
+
+    def compile_from_config(self, config):
+        config = dict(config)
+        optimizer = keras.saving.deserialize_keras_object(config.pop("optimizer"))
+        self.compile(optimizer=optimizer, **config)
+        if self.built and self.optimizer is not None:
+            self.optimizer.build(self.trainable_variables)
+
+    def fit(self, x=None, y=None, epochs=1, steps_per_epoch=None, **kwargs):
+        if self._schedule_pending:
+            per_epoch = _steps_per_epoch(x, steps_per_epoch, kwargs.get("batch_size"))
+            self._resolve_schedule(int(epochs) * per_epoch)
+        return super().fit(x, y, epochs=epochs, steps_per_epoch=steps_per_epoch, **kwargs)
+
+    # ------------------------------------------------------------- objective
+    def kl_coefficient(self, step=None):
+        """KL warm-up coefficient beta at `step` (default: the current step)."""
+        c = self.config
+        step = self.global_step if step is None else step
+        return objectives.kl_warmup_coefficient(
+            step,
+            self.total_steps,
+            anneal_portion=c.kl_anneal_portion,
+            const_portion=c.kl_const_portion,
+            min_coeff=c.kl_const_coeff,
+        )
+
+    def regularization_terms(self, training=True):
+        """(spectral, bn) regulariser values: sum of largest singular values of
+        every convolution kernel (power iteration) and sum of max |gamma| of
+        every BN layer."""
+        spectral = self.spectral_regularizer(
+            spectral_matrices(self._conv_layers), training=training
+        )
+        bn = objectives.batchnorm_regularizer([bn.gamma for bn in self._bn_layers])
+        return spectral, bn
+
+    def compute_objective(self, images, training=True, noise=None):
+        """All terms of the training objective for one batch (nats per image).
+
+        Returns:
+            dict with "loss" (what is minimised), "nelbo", "recon", "kl",
+            "kl_coeff", "spectral", "bn_reg", "reg_coeff", "kl_per_group",
+            "kl_coeffs".
+        """
+        c = self.config
+        out = self(images, training=training, noise=noise)
+        beta = self.kl_coefficient()
+        balanced_kl, coeffs = objectives.balance_kl(
+            out["kl"], beta, self.kl_alphas, balance=c.kl_balance
+        )
+        objective = tf.reduce_mean(out["recon_nll"] + balanced_kl)
+        spectral, bn_reg = self.regularization_terms(training=training)
+        reg_coeff = objectives.regularization_coefficient(
+            beta,
+            c.weight_decay_norm,
+            c.weight_decay_norm_init,
+            anneal=c.weight_decay_norm_anneal,
+        )
+        if c.weight_decay_norm > 0:
+            objective = objective + reg_coeff * (spectral + bn_reg)
+        return {
+            "loss": objective,
+            **self._elbo_terms(out),
+            "kl_coeff": beta,
+            "spectral": spectral,
+            "bn_reg": bn_reg,
+            "reg_coeff": reg_coeff,
+            "kl_per_group": out["kl"],
+            "kl_coeffs": coeffs,
+        }
+
+    def _elbo_terms(self, out):
+        """Batch means of the NELBO, its two parts, and its bits/dim."""
+        kl = tf.reduce_sum(out["kl"], axis=1)
+        nelbo = tf.reduce_mean(out["recon_nll"] + kl)
+        return {
+            "nelbo": nelbo,
+            "recon": tf.reduce_mean(out["recon_nll"]),
+            "kl": tf.reduce_mean(kl),
+            "bpd": distributions.nats_to_bits_per_dim(nelbo, self.config.num_dims),
+            "active_groups": self._active_groups(out["kl"]),
+        }
+
+    def _active_groups(self, kl_per_group):
+        # A group is active when its batch-mean KL per latent channel exceeds 0.1.
+        per_channel = tf.reduce_mean(kl_per_group, axis=0) / self.config.num_latent_per_group
+        return tf.reduce_sum(tf.cast(per_channel > 0.1, tf.float32))
+
+    # ----------------------------------------------------------------- steps
+    def train_step(self, data):
+        images = inputs.unpack_images(data)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        variables = self.trainable_variables
+        with tf.GradientTape() as tape:
+            terms = self.compute_objective(images, training=True)
+            loss = terms["loss"] / replicas
+            scaled = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, variables)
+        self.optimizer.apply(grads, variables)
+        self.global_step.assign_add(1)
+        self._update_trackers(terms, tf.shape(images)[0])
+        return self._logs(self._trackers)
+
+    def test_step(self, data):
+        images = inputs.unpack_images(data)
+        values = self._elbo_terms(self(images, training=False))
+        values["loss"] = values["nelbo"]
+        self._update_trackers(values, tf.shape(images)[0])
+        return self._logs(values)
+
+    def _update_trackers(self, values, batch_size):
+        # Weighted by the batch size so epoch means are per image even when the
+        # last batch is smaller.
+        weight = tf.cast(batch_size, tf.float32)
+        for name, tracker in self._trackers.items():
+            if name in values:
+                tracker.update_state(values[name], sample_weight=weight)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # NVAE is built when it is constructed, so only the optimizer is left to
+        # build. Keras' own version also all-reduces the first (uint8) batch,
+        # which fails under MultiWorkerMirroredStrategy (Keras 3.15).
+        if self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
+
+    def _logs(self, values):
+        logs = {name: self._trackers[name].result() for name in values}
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras reduces step outputs along axis 0, which scalars lack under
+            # MultiWorkerMirroredStrategy (Keras 3.15); the reduction of
+            # shape-(1,) values gives back scalars.
+            logs = {name: tf.reshape(value, (1,)) for name, value in logs.items()}
+        return logs
+
+
+def _flatten(modules):
+    """Every layer under `modules`, in the order Keras flattens a model made of them.
+
+    The convolutions and BN layers are kept in this order, and so is the
+    spectral regulariser's state (as in every keras_nvae version).
+    """
+    ordered, stack = [], list(reversed(modules))
+    while stack:
+        layer = stack.pop()
+        ordered.append(layer)
+        stack.extend(layer._layers)
+    return ordered
+
+
+def _steps_per_epoch(x, steps_per_epoch, batch_size):
+    """Steps of one epoch of `fit(x, steps_per_epoch=..., batch_size=...)`."""
+    if steps_per_epoch is not None:
+        return int(steps_per_epoch)
+    if isinstance(x, tf.data.Dataset):
+        cardinality = int(x.cardinality())
+        if cardinality > 0:
+            return cardinality
+    elif hasattr(x, "shape"):
+        return int(math.ceil(x.shape[0] / (batch_size or 32)))
+    raise ValueError(
+        "NVAE.fit could not infer the number of steps per epoch (an infinite or "
+        "unknown-size dataset). Pass `steps_per_epoch` to fit, or `total_steps` "
+        "to compile."
+    )
