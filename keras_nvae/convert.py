@@ -16,6 +16,7 @@ images = model.sample(16, temperature=0.7)
 import argparse
 import json
 import os
+import re
 
 import numpy as np
 
@@ -303,28 +304,89 @@ def _to_numpy(value):
     return np.asarray(value)
 
 
-def _read_checkpoint(path):
-    """(args dict, state dict) from an official `.pt` or a `.npz` export."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"No checkpoint at {path!r}.")
-    if path.endswith(".npz"):
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {key: data[key] for key in data.files}
-        except Exception as error:  # zipfile/numpy errors for corrupt files
-            raise CheckpointError(f"{path!r} is not a readable .npz file: {error}") from error
-        args_key = next((k for k in ("args_json", "config_json") if k in arrays), None)
-        if args_key is None:
-            raise CheckpointError(
-                f"{path!r} has no 'args_json' entry holding the official train.py flags."
-            )
-        try:
-            args = json.loads(str(arrays.pop(args_key)))
-        except (ValueError, TypeError) as error:
-            raise CheckpointError(f"{path!r}: {args_key!r} is not valid JSON: {error}") from error
-        prefix = "param/" if any(k.startswith("param/") for k in arrays) else ""
-        state = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-        return args, state
+# ------------------------------------------------------------------ reading files
+# What an official checkpoint pickles besides tensors and plain Python values (which
+# `torch.load(weights_only=True)` allows by default): the train.py flags.
+_ALLOWED_PICKLE_GLOBALS = (argparse.Namespace,)
+
+_EXPECTED_CONTENTS = (
+    "an official NVAE checkpoint: a dict with 'args' (the train.py flags, an "
+    "argparse.Namespace) and 'state_dict' (official parameter name -> tensor)"
+)
+
+# How torch's weights-only unpickler names a refused global (the only place it is named for
+# files in the legacy, non-zip format).
+_REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
+
+
+def _describe(value):
+    """'None', 'a list', 'an int', ... for error messages."""
+    if value is None:
+        return "None"
+    name = type(value).__name__
+    return f"{'an' if name[0].lower() in 'aeiou' else 'a'} {name}"
+
+
+def _checked_contents(path, args, state_dict, args_name):
+    """(flags dict, state dict) once both are what an official checkpoint holds.
+
+    Args:
+        path: the file (for messages).
+        args: the flags read from the file.
+        state_dict: the tensors read from the file.
+        args_name: where the file keeps the flags (for messages).
+
+    Returns:
+        (args as a dict, state_dict).
+
+    Raises:
+        CheckpointError: the flags are not a dict or Namespace, or the state
+            dict is not a mapping of names to arrays or tensors.
+    """
+    if isinstance(args, argparse.Namespace):
+        args = vars(args)
+    if not isinstance(args, dict):
+        raise CheckpointError(
+            f"{path!r}: the train.py flags ({args_name}) are {_describe(args)}, not an "
+            "argparse.Namespace or dict of flag values."
+        )
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(
+            f"{path!r}: 'state_dict' is {_describe(state_dict)}, not a dict of official "
+            "parameter name -> tensor."
+        )
+    bad = [k for k, v in state_dict.items() if not (isinstance(k, str) and hasattr(v, "shape"))]
+    if bad:
+        raise CheckpointError(
+            f"{path!r}: 'state_dict' entries {bad[:5]} are not official parameter "
+            "name -> tensor pairs."
+        )
+    return args, state_dict
+
+
+def _read_npz(path):
+    """(flags dict, state dict) from a `.npz` export of an official checkpoint."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except Exception as error:  # zipfile/numpy errors for corrupt files
+        raise CheckpointError(f"{path!r} is not a readable .npz file: {error}") from error
+    args_key = next((k for k in ("args_json", "config_json") if k in arrays), None)
+    if args_key is None:
+        raise CheckpointError(
+            f"{path!r} has no 'args_json' entry holding the official train.py flags."
+        )
+    try:
+        args = json.loads(str(arrays.pop(args_key)))
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"{path!r}: {args_key!r} is not valid JSON: {error}") from error
+    prefix = "param/" if any(k.startswith("param/") for k in arrays) else ""
+    state = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+    return _checked_contents(path, args, state, repr(args_key))
+
+
+def _import_torch():
+    """torch, if it can read checkpoints safely (>= 2.5); ImportError saying what to install."""
     try:
         import torch
     except ImportError as error:
@@ -333,18 +395,80 @@ def _read_checkpoint(path):
             "pip install 'keras_nvae[convert]' (or convert it to .npz on a machine "
             "with torch)."
         ) from error
-    try:
-        # The official checkpoint pickles an argparse.Namespace, so it cannot be
-        # read with weights_only=True. Only load checkpoints you trust.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise CheckpointError(f"Could not read {path!r} as a PyTorch checkpoint: {error}") from error
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "args" not in checkpoint:
-        raise CheckpointError(
-            f"{path!r} is not an official NVAE checkpoint (expected a dict with "
-            "'args' and 'state_dict')."
+    needed = ("safe_globals", "get_unsafe_globals_in_checkpoint")
+    if not all(hasattr(torch.serialization, name) for name in needed):
+        raise ImportError(
+            f"Reading an official PyTorch checkpoint safely needs torch >= 2.5 (installed: "
+            f"{torch.__version__}): pip install 'keras_nvae[convert]'."
         )
-    return checkpoint["args"], checkpoint["state_dict"]
+    return torch
+
+
+def _torch_error_summary(error):
+    """The first sentence of what torch.load said, without its advice to unpickle unsafely."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    first_line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    sentence = first_line.split(". ")[0].rstrip(".")
+    return f"{type(error).__name__}: {sentence}" if sentence else type(error).__name__
+
+
+def _unreadable_torch_file(torch, path, error):
+    """The CheckpointError for a `.pt` file that `torch.load` refused or could not read.
+
+    Call it inside the `safe_globals` context, so the allowed globals are not reported.
+    """
+    try:
+        refused = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a zip archive from torch.save: the legacy format, or not a checkpoint
+        refused = _REFUSED_GLOBAL.findall(str(error))
+    if refused:
+        return CheckpointError(
+            f"Refused to load {path!r}: it references {', '.join(sorted(refused))}, which an "
+            "official NVAE checkpoint never contains (unpickling it could run code from the "
+            "file; nothing from it was run). Only tensors, plain Python values and "
+            "argparse.Namespace are allowed."
+        )
+    return CheckpointError(
+        f"{path!r} is not a readable PyTorch checkpoint ({_torch_error_summary(error)}); "
+        f"expected {_EXPECTED_CONTENTS}, as saved by torch.save."
+    )
+
+
+def _read_torch_checkpoint(path):
+    """(flags dict, state dict) from an official `.pt`, unpickling nothing but data.
+
+    `torch.load(weights_only=True)` builds only tensors and plain Python values, plus the
+    globals allowed for this call alone (`argparse.Namespace`); any other global in the
+    pickle is refused before it is called.
+    """
+    torch = _import_torch()
+    with torch.serialization.safe_globals(list(_ALLOWED_PICKLE_GLOBALS)):
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # UnpicklingError, RuntimeError (zip), EOFError, ...
+            # torch's message advises weights_only=False; ours names what was refused.
+            raise _unreadable_torch_file(torch, path, error) from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path!r} holds {_describe(checkpoint)}, not {_EXPECTED_CONTENTS}.")
+    missing = [key for key in ("args", "state_dict") if key not in checkpoint]
+    if missing:
+        keys = sorted(str(key) for key in checkpoint)
+        raise CheckpointError(
+            f"{path!r} holds a dict with keys {keys[:10]}, without {missing}; "
+            f"expected {_EXPECTED_CONTENTS}."
+        )
+    return _checked_contents(path, checkpoint["args"], checkpoint["state_dict"], "'args'")
+
+
+def _read_checkpoint(path):
+    """(flags dict, state dict) from an official `.pt` or a `.npz` export."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No checkpoint at {path!r}.")
+    if path.endswith(".npz"):
+        return _read_npz(path)
+    return _read_torch_checkpoint(path)
 
 
 def load_official_checkpoint(path, **overrides):
@@ -358,6 +482,16 @@ def load_official_checkpoint(path, **overrides):
 
     Returns:
         A ready `keras_nvae.NVAE`.
+
+    Raises:
+        FileNotFoundError: no file at `path`.
+        ImportError: a `.pt` file and no torch >= 2.5.
+        CheckpointError: the file is not an official NVAE checkpoint, or its
+            pickle references anything but tensors, plain Python values and
+            `argparse.Namespace` (refused without running it: `.pt` files are
+            read with `torch.load(weights_only=True)`), or its tensors do not
+            match the flags.
+        ValueError: flags the library does not support.
     """
     from keras_nvae.model import NVAE
 

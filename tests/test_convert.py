@@ -223,29 +223,157 @@ def test_pt_checkpoint_without_torch_explains_the_extra(tmp_path, monkeypatch):
         convert.load_official_checkpoint(str(path))
 
 
-def test_garbage_pt_checkpoint(tmp_path):
-    path = tmp_path / "checkpoint.pt"
-    path.write_bytes(b"not a pickle")
-    with pytest.raises(convert.CheckpointError):
-        convert.load_official_checkpoint(str(path))
+def _official_checkpoint(args, state):
+    """The dict the official train.py saves, with real optimizer, scheduler and scaler states.
+
+    The optimizer (Adamax), schedule (cosine) and loss scaler (init 2**10) are built and stepped
+    as train.py builds them, so their state dicts hold what a real checkpoint holds.
+    """
+    import torch
+
+    tensors = {f"module.{k}": torch.from_numpy(np.array(v)) for k, v in state.items()}
+    params = [torch.nn.Parameter(t.clone()) for t in tensors.values() if t.is_floating_point()]
+    optimizer = torch.optim.Adamax(params, 1e-2, weight_decay=3e-4, eps=1e-3)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 4.0, eta_min=1e-4)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2**10)
+    scaler.scale(sum((p**2).sum() for p in params)).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return {
+        "epoch": 2,
+        "state_dict": tensors,
+        "optimizer": optimizer.state_dict(),
+        "global_step": 10,
+        "args": argparse.Namespace(**args),
+        "arch_instance": args["arch_instance"],
+        "scheduler": scheduler.state_dict(),
+        "grad_scalar": scaler.state_dict(),
+    }
+
+
+class _CreatesFile:
+    """Unpickles as `open(path, "w")`: a pickle that runs code (it creates `path`)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
 
 
 def test_official_pt_checkpoint_with_torch(tmp_path):
-    """A checkpoint laid out like the official train.py writes it (torch.save of a
-    dict with an argparse Namespace and a state dict of tensors)."""
     import torch
 
     arrays, args, state, noise = _load_fixture("cifar")
-    checkpoint = {
-        "epoch": 1,
-        "global_step": 10,
-        "args": argparse.Namespace(**args),
-        "state_dict": {f"module.{k}": torch.from_numpy(np.array(v)) for k, v in state.items()},
-    }
+    checkpoint = _official_checkpoint(args, state)
+    assert checkpoint["optimizer"]["state"] and checkpoint["grad_scalar"]["scale"] == 2.0**10
     path = str(tmp_path / "checkpoint.pt")
     torch.save(checkpoint, path)
+    # Besides what torch.load(weights_only=True) allows, the file references only the flags'
+    # class, the one global the converter allows.
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(path) == ["argparse.Namespace"]
     model = convert.load_official_checkpoint(path, official_dmol=True)
     _assert_matches_fixture(model, arrays, noise)
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_pt_checkpoint_running_code_is_refused(tmp_path, zip_format):
+    import torch
+
+    _, args, state, _ = _load_fixture("mnist")
+    marker = tmp_path / "created_by_the_checkpoint"
+    checkpoint = {**_official_checkpoint(args, state), "epoch": _CreatesFile(marker)}
+    path = str(tmp_path / "crafted.pt")
+    torch.save(checkpoint, path, _use_new_zipfile_serialization=zip_format)
+    # Only the payload is named: the allowed flags' class is not reported.
+    refusal = r"Refused to load .*: it references io\.open,"
+    with pytest.raises(convert.CheckpointError, match=refusal):
+        convert.load_official_checkpoint(path)
+    assert not marker.exists()
+    # The payload is live: unpickling the file without the restriction creates the file.
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+def test_pt_checkpoint_needs_torch_with_safe_loading(tmp_path, monkeypatch):
+    import torch
+
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"args": {}, "state_dict": {}}, path)
+    monkeypatch.delattr(torch.serialization, "safe_globals")
+    with pytest.raises(ImportError, match=r"torch >= 2\.5"):
+        convert.load_official_checkpoint(str(path))
+
+
+def _truncated_checkpoint(path):
+    import torch
+
+    torch.save({"args": {}, "state_dict": {"w": torch.zeros(4)}}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _saved(content):
+    def write(path):
+        import torch
+
+        torch.save(content(torch), path)
+
+    return write
+
+
+# Each message names what the file holds and what was expected.
+UNREADABLE = r"is not a readable PyTorch checkpoint \({}.*\); expected an official NVAE checkpoint"
+NOT_NVAE_PT = {
+    "garbage": (
+        lambda path: path.write_bytes(b"not a pickle"),
+        UNREADABLE.format("UnpicklingError"),
+    ),
+    "empty": (lambda path: path.write_bytes(b""), UNREADABLE.format("EOFError")),
+    "truncated_zip": (_truncated_checkpoint, UNREADABLE.format("RuntimeError: .*zip archive")),
+    "tensor": (
+        _saved(lambda torch: torch.zeros(3)),
+        "holds a Tensor, not an official NVAE checkpoint: a dict with 'args'",
+    ),
+    "list": (
+        _saved(lambda torch: [torch.zeros(3)]),
+        "holds a list, not an official NVAE checkpoint: a dict with 'args'",
+    ),
+    "state_dict_only": (
+        _saved(lambda torch: {"stem.weight": torch.zeros(3)}),
+        r"keys \['stem.weight'\], without \['args', 'state_dict'\]; expected an official NVAE",
+    ),
+    "args_none": (
+        _saved(lambda torch: {"args": None, "state_dict": {"w": torch.zeros(3)}}),
+        r"flags \('args'\) are None, not an argparse\.Namespace or dict",
+    ),
+    "state_dict_list": (
+        _saved(lambda torch: {"args": argparse.Namespace(), "state_dict": [torch.zeros(3)]}),
+        "'state_dict' is a list, not a dict of official parameter name -> tensor",
+    ),
+    "state_dict_not_tensors": (
+        _saved(lambda torch: {"args": {}, "state_dict": {"w": torch.zeros(3), "step": 3}}),
+        r"entries \['step'\] are not official parameter name -> tensor pairs",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(NOT_NVAE_PT))
+def test_pt_file_that_is_not_an_nvae_checkpoint(tmp_path, kind):
+    write, message = NOT_NVAE_PT[kind]
+    path = tmp_path / "checkpoint.pt"
+    write(path)
+    with pytest.raises(convert.CheckpointError, match=message) as info:
+        convert.load_official_checkpoint(str(path))
+    assert "weights_only=False" not in str(info.value)  # torch's advice to unpickle unsafely
+
+
+def test_npz_whose_flags_are_not_a_dict(tmp_path, mnist):
+    _, _, state, _ = mnist
+    path = _write_npz(tmp_path / "checkpoint.npz", ["not", "flags"], state)
+    with pytest.raises(convert.CheckpointError, match=r"flags \('args_json'\) are a list"):
+        convert.load_official_checkpoint(path)
 
 
 # ------------------------------------------- generic converter: own round trip
@@ -431,6 +559,26 @@ def test_cli_errors_exit_1_without_traceback(tmp_path, cli, capsys, make_argv, m
     assert "error:" in err and message in err
     assert "Traceback" not in err
     assert not (tmp_path / "o.keras").exists()
+
+
+@pytest.mark.parametrize("kind", ["crafted", "not_nvae"])
+def test_cli_refuses_unsafe_and_non_nvae_pt_in_one_line(tmp_path, cli, capsys, kind):
+    import torch
+
+    marker = tmp_path / "created_by_the_checkpoint"
+    content = {"args": {}, "state_dict": {}, "epoch": _CreatesFile(marker)}
+    if kind == "not_nvae":
+        content = [torch.zeros(2)]
+    checkpoint = str(tmp_path / "checkpoint.pt")
+    torch.save(content, checkpoint)
+    output = tmp_path / "o.keras"
+    status = cli.main(["convert.py", f"--checkpoint={checkpoint}", f"--output={output}"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 1
+    assert len(lines) == 1, lines
+    expected = "Refused to load" if kind == "crafted" else "holds a list, not an official NVAE"
+    assert lines[0].startswith("convert.py: error: ") and expected in lines[0], lines[0]
+    assert not marker.exists() and not output.exists()
 
 
 @pytest.mark.slow

@@ -174,3 +174,20 @@ def test_model_file_errors(tmp_path, capsys):
     assert "could not load the model" in line
     line = _error(sample.main, ["sample"], capsys)
     assert "--model is required" in line
+
+
+def test_model_file_running_code_is_refused(tmp_path, capsys):
+    # A .keras file whose config holds a Python lambda (code) that creates a file when called.
+    marker = tmp_path / "created_by_the_model_file"
+    function = eval(f"lambda x: (__import__('pathlib').Path({str(marker)!r}).touch(), x)[1]")
+    keras.Sequential([keras.Input((2,)), keras.layers.Lambda(function)]).save(
+        tmp_path / "lambda.keras"
+    )
+    marker.unlink()  # building the model called the lambda
+    path = str(tmp_path / "lambda.keras")
+    line = _error(evaluate.main, ["evaluate", f"--model={path}"], capsys)
+    assert "could not load the model" in line and "Lambda" in line, line
+    assert not marker.exists()
+    # The code is live: loading outside Keras' safe mode runs it.
+    keras.saving.load_model(path, safe_mode=False)
+    assert marker.exists()

@@ -15,8 +15,8 @@ python -m trainers.convert --checkpoint=eval-cifar10/checkpoint.pt --output=nvae
 likelihood unnormalised, and sampling temperature dividing the logistic scale); only use it to
 reproduce the official numbers exactly. See docs/official_checkpoints.md.
 
-Errors (missing file, unreadable or mismatched checkpoint, torch missing) print one message to
-stderr and exit with status 1.
+Errors (missing file, unreadable, refused or mismatched checkpoint, torch missing) print one
+message to stderr and exit with status 1.
 """
 
 import os
