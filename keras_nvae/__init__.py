@@ -8,6 +8,7 @@ from keras_nvae import (  # noqa: E402
     config,
     convert,
     data,
+    datasets,
     distributions,
     evaluation,
     export,

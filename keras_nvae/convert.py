@@ -20,24 +20,15 @@ import re
 
 import numpy as np
 
+from keras_nvae import datasets
 from keras_nvae.config import ARCHITECTURES, NVAEConfig
 from keras_nvae.layers.cell_ops import BNSwishConv, InvertedResidual
 from keras_nvae.layers.combiners import DecoderCombiner, EncoderCombiner
 from keras_nvae.layers.skips import FactorizedReduce, UpsampleSkip
 
-# dataset flag -> (image size, channels, padded size)
-_DATASETS = {
-    "mnist": (28, 1, 32),
-    "omniglot": (28, 1, 32),
-    "cifar10": (32, 3, None),
-    "celeba_64": (64, 3, None),
-    "celeba_256": (256, 3, None),
-    "imagenet_32": (32, 3, None),
-    "imagenet_64": (64, 3, None),
-    "ffhq": (256, 3, None),
-    "lsun_bedroom_128": (128, 3, None),
-    "lsun_church_128": (128, 3, None),
-    "lsun_church_64": (64, 3, None),
+# official --dataset value -> registry entry
+_OFFICIAL_DATASETS = {
+    spec.official_name: spec for spec in datasets.specs() if spec.official_name is not None
 }
 
 # official flag -> NVAEConfig field, for the flags that map one to one
@@ -101,27 +92,24 @@ def config_from_official_args(args, **overrides):
         args = vars(args)
     args = {**_COMPAT_DEFAULTS, **dict(args)}
     dataset = args.get("dataset")
-    if dataset not in _DATASETS:
+    if dataset not in _OFFICIAL_DATASETS:
         raise ValueError(
             f"Official flag --dataset={dataset!r} is not supported; supported: "
-            f"{sorted(_DATASETS)}."
+            f"{sorted(_OFFICIAL_DATASETS)}."
         )
     if args.get("arch_instance", "res_mbconv") not in ARCHITECTURES:
         raise ValueError(
             f"Official flag --arch_instance={args['arch_instance']!r} is not supported; "
             f"supported: {sorted(ARCHITECTURES)}."
         )
-    size, channels, pad_to = _DATASETS[dataset]
-    if channels == 1:
-        likelihood = "bernoulli"
-    elif int(args["num_mixture_dec"]) == 1:
+    spec = _OFFICIAL_DATASETS[dataset]
+    likelihood = spec.likelihood
+    if likelihood == "dmol" and int(args["num_mixture_dec"]) == 1:
         likelihood = "normal"
-    else:
-        likelihood = "dmol"
     fields = {name: args[name] for name in _SAME_NAME if name in args}
     fields.update(
-        image_shape=(size, size, channels),
-        pad_to=pad_to,
+        image_shape=spec.image_shape,
+        pad_to=spec.pad_to,
         likelihood=likelihood,
         num_mixtures=int(args["num_mixture_dec"]),
         num_flows=int(args.get("num_nf", 0)),

@@ -28,6 +28,8 @@ import textwrap
 import numpy as np
 import tensorflow as tf
 
+from keras_nvae import datasets
+
 AUTOTUNE = tf.data.AUTOTUNE
 
 # Decoded images up to this many bytes are cached in memory by default.
@@ -83,34 +85,34 @@ class _TfdsPreset:
     cache: bool = False
     split_aliases: dict = dataclasses.field(default_factory=dict)
 
+    @classmethod
+    def from_spec(cls, spec):
+        """The defaults of a `keras_nvae.datasets.DatasetSpec`."""
+        return cls(
+            binarize=spec.binarization == "dynamic",
+            flip=spec.flip,
+            already_binary=spec.binarization == "stored",
+            crop_box=spec.crop_box,
+            image_size=spec.image_size if spec.crop_box is not None else None,
+            cache=spec.cache,
+            split_aliases=dict(spec.tfds_splits),
+        )
 
-# Defaults follow the official NVAE data transforms: MNIST is dynamically
-# binarised on train and test, every other dataset is flipped on train only.
+
+# The registry's datasets that are read from TensorFlow Datasets, by TFDS name,
+# and their other names.
 _TFDS_PRESETS = {
-    "mnist": _TfdsPreset(binarize=True, cache=True),
-    "binarized_mnist": _TfdsPreset(already_binary=True, cache=True),
-    "cifar10": _TfdsPreset(flip=True, cache=True),
-    # NVAE's CelebA 64: PIL crop (15, 40, 178 - 15, 218 - 30), resize to 64.
-    "celeb_a": _TfdsPreset(flip=True, crop_box=(15, 40, 163, 188), image_size=64),
-    "imagenet_resized/32x32": _TfdsPreset(
-        flip=True, split_aliases={"test": "validation"}
-    ),
-    # TFDS only has a train split; NVAE uses the first 27,000 images for
-    # training and the last 3,000 for evaluation.
-    "celeb_a_hq/256": _TfdsPreset(
-        flip=True,
-        split_aliases={
-            "train": "train[:27000]",
-            "validation": "train[27000:]",
-            "test": "train[27000:]",
-        },
-    ),
+    spec.tfds_name: _TfdsPreset.from_spec(spec)
+    for spec in datasets.specs()
+    if spec.tfds_name is not None
 }
 
 _TFDS_ALIASES = {
-    "imagenet32": "imagenet_resized/32x32",
-    "celeba64": "celeb_a",
-    "celeba256": "celeb_a_hq/256",
+    name: spec.tfds_name
+    for spec in datasets.specs()
+    if spec.tfds_name is not None
+    for name in spec.names
+    if name != spec.tfds_name
 }
 
 
@@ -640,16 +642,18 @@ def load_tfds(
     * `"mnist"`: 28x28x1, dynamic binarisation on every split.
     * `"binarized_mnist"`: 28x28x1, statically binarised, `float32`.
     * `"cifar10"`: 32x32x3, flip on train.
-    * `"celeb_a"` (alias `"celeba64"`): NVAE's crop box (15, 40, 163, 188)
-      resized to 64x64x3, flip on train.
-    * `"imagenet_resized/32x32"` (alias `"imagenet32"`): 32x32x3, flip on
-      train; `"test"` reads the validation split.
-    * `"celeb_a_hq/256"` (alias `"celeba256"`): 256x256x3, needs a manual
-      download, flip on train; `"train"` is the first 27,000 images and
-      `"test"`/`"validation"` the last 3,000, as in NVAE.
+    * `"celeb_a"` (aliases `"celeba64"`, `"celeba_64"`): NVAE's crop box
+      (15, 40, 163, 188) resized to 64x64x3, flip on train.
+    * `"imagenet_resized/32x32"` (aliases `"imagenet32"`, `"imagenet_32"`):
+      32x32x3, flip on train; `"test"` reads the validation split.
+    * `"celeb_a_hq/256"` (aliases `"celebahq256"`, `"celeba256"`,
+      `"celeba_256"`): 256x256x3, needs a manual download, flip on train;
+      `"train"` is the first 27,000 images and `"test"`/`"validation"` the
+      last 3,000, as in NVAE.
 
-    Other TensorFlow Datasets names with an `"image"` feature work too, with
-    no augmentation by default.
+    These facts come from the `keras_nvae.datasets` registry. Other
+    TensorFlow Datasets names with an `"image"` feature work too, with no
+    augmentation by default.
 
     Args:
         name: TensorFlow Datasets name (optionally with config/version) or

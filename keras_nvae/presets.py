@@ -1,5 +1,6 @@
 """Named NVAE configurations: the paper's (official README commands) and small ones."""
 
+from keras_nvae import datasets
 from keras_nvae.config import NVAEConfig
 
 # Shared by every official command: --use_se --res_dist --fast_adamax, res_mbconv,
@@ -15,9 +16,6 @@ _OFFICIAL_COMMON = dict(
 
 _PAPER_256 = dict(
     _OFFICIAL_COMMON,
-    image_shape=(256, 256, 3),
-    likelihood="dmol",
-    num_x_bits=5,
     num_channels_enc=30,
     num_channels_dec=30,
     num_latent_scales=5,
@@ -34,15 +32,15 @@ _PAPER_256 = dict(
     batch_size=4,
 )
 
+# "dataset" names the `keras_nvae.datasets` entry that sets image_shape, pad_to,
+# likelihood and num_x_bits; a preset without one sets them in "config".
 PRESETS = {
     "mnist": {
+        "dataset": "mnist",
         "description": "Binarised MNIST 28x28 (padded to 32), Bernoulli, 2 scales x [10, 5] "
         "groups, 32 channels; paper Table 1 (78.01 nats w/o flows).",
         "config": dict(
             _OFFICIAL_COMMON,
-            image_shape=(28, 28, 1),
-            pad_to=32,
-            likelihood="bernoulli",
             num_channels_enc=32,
             num_channels_dec=32,
             num_latent_scales=2,
@@ -59,12 +57,11 @@ PRESETS = {
         ),
     },
     "cifar10": {
+        "dataset": "cifar10",
         "description": "CIFAR-10 32x32, DMoL, 1 scale x 30 groups, 128 channels, 1 flow "
         "pair; paper Table 1 (2.91 bits/dim).",
         "config": dict(
             _OFFICIAL_COMMON,
-            image_shape=(32, 32, 3),
-            likelihood="dmol",
             num_channels_enc=128,
             num_channels_dec=128,
             num_latent_scales=1,
@@ -80,12 +77,11 @@ PRESETS = {
         ),
     },
     "celeba64": {
+        "dataset": "celeba64",
         "description": "CelebA 64x64, DMoL, 3 scales x [20, 10, 5] groups, 64 channels, "
         "1 flow pair; paper Table 1 (2.03 bits/dim).",
         "config": dict(
             _OFFICIAL_COMMON,
-            image_shape=(64, 64, 3),
-            likelihood="dmol",
             num_channels_enc=64,
             num_channels_dec=64,
             num_latent_scales=3,
@@ -102,12 +98,11 @@ PRESETS = {
         ),
     },
     "imagenet32": {
+        "dataset": "imagenet32",
         "description": "ImageNet 32x32, DMoL, 1 scale x 28 groups, 192 channels, 1 flow "
         "pair, annealed regulariser; paper Table 1 (3.92 bits/dim).",
         "config": dict(
             _OFFICIAL_COMMON,
-            image_shape=(32, 32, 3),
-            likelihood="dmol",
             num_channels_enc=192,
             num_channels_dec=192,
             num_latent_scales=1,
@@ -126,11 +121,13 @@ PRESETS = {
         ),
     },
     "celebahq256": {
+        "dataset": "celebahq256",
         "description": "CelebA-HQ 256x256 at 5 bits, DMoL, 5 scales x [16, 8, 4, 4, 4] "
         "groups, 30 channels, 2 flow pairs; paper Table 1 (0.70 bits/dim).",
         "config": dict(_PAPER_256, weight_decay_norm=1e-2, epochs=300),
     },
     "ffhq256": {
+        "dataset": "ffhq256",
         "description": "FFHQ 256x256 at 5 bits, DMoL, 5 scales x [16, 8, 4, 4, 4] groups, "
         "30 channels, 2 flow pairs, lr 8e-3; paper Table 1 (0.69 bits/dim).",
         "config": dict(
@@ -138,11 +135,10 @@ PRESETS = {
         ),
     },
     "digits": {
+        "dataset": "digits",
         "description": "scikit-learn's 8x8 digits (ships offline), DMoL, 2 scales x [2, 1] "
         "groups, 16 channels: trains on 2 CPU cores in minutes (README demo).",
         "config": dict(
-            image_shape=(8, 8, 1),
-            likelihood="dmol",
             num_mixtures=5,
             num_channels_enc=16,
             num_channels_dec=16,
@@ -163,6 +159,7 @@ PRESETS = {
         ),
     },
     "tiny": {
+        "dataset": None,
         "description": "A ~150k-parameter 16x16 RGB model with flows and two latent scales, for tests.",
         "config": dict(
             image_shape=(16, 16, 3),
@@ -213,4 +210,7 @@ def preset_config(name, **overrides):
         raise ValueError(
             f"Unknown NVAE preset {name!r}. Known presets: {', '.join(preset_names())}."
         )
-    return NVAEConfig.from_dict({**PRESETS[name]["config"], **overrides})
+    preset = PRESETS[name]
+    dataset = preset["dataset"]
+    fields = datasets.get(dataset).config_fields() if dataset is not None else {}
+    return NVAEConfig.from_dict({**fields, **preset["config"], **overrides})
