@@ -287,7 +287,6 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.path.insert(0, os.path.dirname(_HERE))
 
     t0 = time.perf_counter()
     graph, model = trace_step_graph(args.preset, args.batch_size, args.mixed_precision)

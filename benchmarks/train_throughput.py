@@ -42,18 +42,17 @@ _GIB = 1024.0**3
 
 
 # ----------------------------------------------------------------- arguments
-def _parse_override(text):
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--override expects key=value, got {text!r}")
-    key, value = text.split("=", 1)
-    key = key.strip()
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError:
-        parsed = value  # bare strings, e.g. likelihood=dmol
-    if isinstance(parsed, list):
-        parsed = tuple(parsed)
-    return key, parsed
+def _parse_tf_option(text):
+    """A --tf_optimizer `KEY=VALUE` item: (option name, JSON value)."""
+    key, separator, value = text.partition("=")
+    if separator:
+        try:
+            return key.strip(), json.loads(value)
+        except json.JSONDecodeError:
+            pass
+    raise argparse.ArgumentTypeError(
+        f"--tf_optimizer expects key=value with a JSON value (e.g. remapping=false), got {text!r}"
+    )
 
 
 def build_parser():
@@ -74,9 +73,9 @@ def build_parser():
         "--override",
         action="append",
         default=[],
-        type=_parse_override,
         metavar="KEY=VALUE",
-        help="NVAEConfig override, value JSON-parsed (repeatable)",
+        help="NVAEConfig field, value parsed as JSON as keras_nvae.config.parse_overrides "
+        "does (repeatable)",
     )
     p.add_argument(
         "--xla",
@@ -132,7 +131,7 @@ def build_parser():
         "--tf_optimizer",
         action="append",
         default=[],
-        type=_parse_override,
+        type=_parse_tf_option,
         metavar="KEY=VALUE",
         help="tf.config.optimizer.set_experimental_options entry, e.g. "
         "disable_meta_optimizer=true or remapping=false (repeatable)",
@@ -288,7 +287,7 @@ def run_worker(args):
     result["keras_nvae_source_sha256"] = _source_hash(os.path.dirname(keras_nvae.__file__))
     result["import_s"] = time.perf_counter() - t_start
 
-    overrides = dict(args.override)
+    overrides = keras_nvae.config.parse_overrides(args.override)
     t0 = time.perf_counter()
     model = keras_nvae.NVAE.from_preset(args.preset, **overrides)
     result["build_s"] = time.perf_counter() - t0
@@ -748,11 +747,10 @@ def print_table(args, results):
         rows.append(row)
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths))  # noqa: E731
-    overrides = dict(args.override)
     print()
     print(
         f"NVAE train throughput: preset={args.preset} batch={args.batch_size} "
-        f"mixed_precision={args.mixed_precision} overrides={overrides or '{}'} "
+        f"mixed_precision={args.mixed_precision} overrides={args.overrides} "
         + (f"tf_optimizer={dict(args.tf_optimizer)} " if args.tf_optimizer else "")
         + (f"env={args.env} " if args.env else "")
         + f"warmup={args.warmup_steps} timed steps={args.steps}"
@@ -802,7 +800,8 @@ def print_table(args, results):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args._worker_xla is not None:
         try:
             run_worker(args)
@@ -813,6 +812,13 @@ def main(argv=None):
                     json.dump({"status": "error", "error": f"{type(e).__name__}: {e}"}, f)
             raise
         return 0
+    # Checked here, before any variant runs; workers parse it again after their timed imports.
+    from keras_nvae.config import parse_overrides
+
+    try:
+        args.overrides = parse_overrides(args.override)
+    except ValueError as error:
+        parser.error(str(error))
     variants = {"off": ["off"], "on": ["on"], "both": ["off", "on"]}[args.xla]
     output = args.output_json or os.path.join(
         _HERE, "results", f"{args.preset}_b{args.batch_size}.json"
@@ -830,7 +836,7 @@ def main(argv=None):
     report = {
         "preset": args.preset,
         "batch_size": args.batch_size,
-        "overrides": {k: v for k, v in args.override},
+        "overrides": args.overrides,
         "mixed_precision": args.mixed_precision,
         "tf_optimizer": dict(args.tf_optimizer),
         "env": dict(e.split("=", 1) for e in args.env),

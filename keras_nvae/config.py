@@ -1,6 +1,7 @@
 """`NVAEConfig`: every official NVAE flag that shapes the model or its training."""
 
 import dataclasses
+import difflib
 import json
 
 LIKELIHOODS = ("bernoulli", "dmol", "normal")
@@ -320,3 +321,52 @@ class NVAEConfig:
     def replace(self, **overrides):
         """A copy with some fields changed (validated)."""
         return self.from_dict({**self.to_dict(), **overrides})
+
+
+def parse_overrides(items):
+    """Parse `key=value` strings (command-line `--override` flags) into `NVAEConfig` fields.
+
+    Values are JSON (numbers, booleans, lists, `null`); a value that is not JSON
+    stays a string (`likelihood=dmol`). An integer given for a float field
+    becomes a float. The values are checked when a config is built from them.
+
+    Args:
+        items: iterable of `key=value` strings.
+
+    Returns:
+        dict of field name to value (a later item for the same field wins).
+
+    Raises:
+        ValueError: an item that is not `key=value`, or an unknown field (the
+            message lists the closest field names).
+
+    Example:
+
+    ```python
+    overrides = parse_overrides(["num_channels_enc=16", "image_shape=[16,16,3]"])
+    config = NVAEConfig().replace(**overrides)
+    ```
+    """
+    types = {field.name: field.type for field in dataclasses.fields(NVAEConfig)}
+    overrides = {}
+    for item in items:
+        key, separator, text = item.partition("=")
+        key = key.strip()
+        if not separator or not key:
+            raise ValueError(
+                f"An override expects key=value (e.g. num_channels_enc=16), got {item!r}."
+            )
+        if key not in types:
+            close = difflib.get_close_matches(key, types, n=5, cutoff=0.6)
+            names = f"Close matches: {', '.join(close)}" if close else (
+                f"Fields: {', '.join(sorted(types))}"
+            )
+            raise ValueError(f"Override {item!r}: unknown NVAEConfig field {key!r}. {names}.")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        if types[key] is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        overrides[key] = value
+    return overrides

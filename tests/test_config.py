@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from keras_nvae import NVAE, NVAEConfig, objectives
+from keras_nvae.config import parse_overrides
 from keras_nvae.presets import PRESETS, preset_config
 
 # Trainable-parameter counts of the official PyTorch model for the README commands
@@ -132,3 +133,55 @@ def test_groups_with_ada_and_minimum():
     assert config.groups_per_scale == (16, 8, 4, 4, 4)
     assert config.decoder_groups_per_scale == (4, 4, 4, 8, 16)
     assert PRESETS["celebahq256"]["config"]["min_groups_per_scale"] == 4
+
+
+def test_parse_overrides_values():
+    overrides = parse_overrides(
+        [
+            "num_channels_enc=16",
+            "image_shape=[16, 16, 3]",
+            "likelihood=bernoulli",
+            'arch_instance="res_bnswish"',
+            "pad_to=null",
+            "use_se=false",
+            "learning_rate=1",
+            "kl_const_coeff=1e-3",
+            "num_channels_enc=24",  # a later item for the same field wins
+        ]
+    )
+    assert overrides == {
+        "num_channels_enc": 24,
+        "image_shape": [16, 16, 3],
+        "likelihood": "bernoulli",
+        "arch_instance": "res_bnswish",
+        "pad_to": None,
+        "use_se": False,
+        "learning_rate": 1.0,
+        "kl_const_coeff": 1e-3,
+    }
+    # Integers for float fields become floats; integer fields keep ints.
+    assert type(overrides["learning_rate"]) is float
+    assert type(overrides["num_channels_enc"]) is int
+    config = NVAEConfig().replace(**overrides)
+    assert config.image_shape == (16, 16, 3) and config.num_channels_enc == 24
+    assert parse_overrides([]) == {}
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("num_channels_enc", "expects key=value"),
+        ("=16", "expects key=value"),
+        (
+            "num_channels=4",
+            "unknown NVAEConfig field 'num_channels'. "
+            "Close matches: num_channels_enc, num_channels_dec.",
+        ),
+        ("lerning_rate=0.1", "Close matches: learning_rate, learning_rate_min."),
+        ("zzz=1", "Fields: ada_groups, arch_instance, batch_size,"),
+    ],
+)
+def test_parse_overrides_errors(item, message):
+    with pytest.raises(ValueError) as error:
+        parse_overrides([item])
+    assert message in str(error.value)

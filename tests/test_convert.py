@@ -11,12 +11,7 @@ import pytest
 
 from keras_nvae import convert
 from keras_nvae.model import NVAE
-
-# trainers/ is a folder of programs beside the package (run as `python -m trainers.convert`
-# from the repository root), not part of the installed distribution.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from trainers import convert as convert_cli  # noqa: E402
+from trainers import convert as convert_cli
 
 FIXTURE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 

@@ -1,24 +1,32 @@
-"""Tests for the command-line programs (trainers/), run in-process on CI-sized settings."""
+"""Tests for the command-line programs (trainers/): in-process on CI-sized settings, and
+as the installed commands run them (`absl.app`, in a subprocess) where that is cheap."""
 
 import contextlib
+import importlib.metadata
 import io
 import json
 import math
 import os
 import re
+import subprocess
 import sys
 
 import keras
 import pytest
 import tensorflow as tf
 
-# trainers/ is a folder of programs beside the package (run as `python -m trainers.train`
-# from the repository root), not part of the installed distribution.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from trainers import convert
+from trainers import evaluate
+from trainers import sample
+from trainers import train
 
-from trainers import evaluate  # noqa: E402
-from trainers import sample  # noqa: E402
-from trainers import train  # noqa: E402
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMMANDS = {
+    "nvae-train": train,
+    "nvae-evaluate": evaluate,
+    "nvae-sample": sample,
+    "nvae-convert": convert,
+}
 
 CI_FLAGS = [
     "--max_train_batches=2",
@@ -191,3 +199,51 @@ def test_model_file_running_code_is_refused(tmp_path, capsys):
     # The code is live: loading outside Keras' safe mode runs it.
     keras.saving.load_model(path, safe_mode=False)
     assert marker.exists()
+
+
+def test_installed_commands():
+    distribution = importlib.metadata.distribution("keras_nvae")
+    scripts = {
+        entry.name: entry for entry in distribution.entry_points if entry.group == "console_scripts"
+    }
+    reinstall = "stale install of keras_nvae: run `pip install -e .` again"
+    assert sorted(scripts) == sorted(COMMANDS), reinstall
+    for name, program in COMMANDS.items():
+        assert scripts[name].load() is program.run, name
+    assert "trainers" in distribution.read_text("top_level.txt").split(), reinstall
+
+
+def _run_module(program, *args):
+    """`python -m trainers.<program> args` from the repository root, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", f"trainers.{program}", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    "program, flag, message",
+    [
+        ("train", "--epochs=0", "epochs"),  # the program's own flag
+        ("sample", "--verbosity=loud", "verbosity"),  # absl's logging flag
+        ("evaluate", "--no_such_flag", "no_such_flag"),
+    ],
+)
+def test_command_line_errors_exit_1_with_one_line(program, flag, message):
+    result = _run_module(program, flag)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"{program}: error: ") and message in lines[0], lines[0]
+
+
+def test_command_help_lists_the_programs_flags():
+    result = _run_module("convert", "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Convert an official NVAE checkpoint")
+    assert "--checkpoint" in result.stdout and "--official_dmol" in result.stdout
+    full = _run_module("convert", "--helpfull")
+    assert full.returncode == 0 and "--verbosity" in full.stdout, full.stderr

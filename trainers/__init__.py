@@ -1,8 +1,12 @@
 """Command-line programs of keras_nvae, and the helpers they share.
 
-Run them from the repository root as modules, e.g. `python -m trainers.train`.
-Each program keeps its flags in a private `absl.flags.FlagValues`, so several
-of them can be imported into one process (tests) without flag-name clashes.
+Installing keras_nvae installs them as the commands `nvae-train`, `nvae-evaluate`,
+`nvae-sample` and `nvae-convert`; `python -m trainers.train` (and so on) runs the same
+programs. Each is an `absl.app` program: its `run()` calls `absl.app.run(main)`, with
+`parse_absl_flags` taking absl's own flags (`--verbosity`, `--logtostderr`, ...) off the
+command line, and `main(argv)` parses the program's flags and runs it. A program keeps its
+flags in a private `absl.flags.FlagValues`, so several programs can be imported into one
+process (the tests call `main` in-process) without flag-name clashes.
 """
 
 import math
@@ -10,6 +14,9 @@ import os
 import sys
 
 from absl import flags
+
+# Answered by the program (its own doc and flags), not by absl.app's generic usage text.
+HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull")
 
 
 class CommandLineError(Exception):
@@ -21,6 +28,34 @@ def one_line(error):
     return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
+def program_name(argv):
+    """The name error messages start with: `argv[0]` without folder or `.py`."""
+    return os.path.splitext(os.path.basename(argv[0]))[0] if argv else "keras_nvae"
+
+
+def parse_absl_flags(argv):
+    """The `flags_parser` of `absl.app.run` for the programs of trainers/.
+
+    Parses absl's own flags (logging: `--verbosity`, `--logtostderr`, ...) into
+    `absl.flags.FLAGS` and leaves the rest of the command line, help flags
+    included, to the program's `main`. A bad absl flag prints one error line
+    and exits with status 1.
+
+    Args:
+        argv: the full command line (`argv[0]` is the program).
+
+    Returns:
+        `argv` without absl's flags, for `main`.
+    """
+    help_flags = [arg for arg in argv[1:] if arg in HELP_FLAGS]
+    try:
+        rest = flags.FLAGS([arg for arg in argv if arg not in HELP_FLAGS], known_only=True)
+    except flags.Error as error:
+        print(f"{program_name(argv)}: error: {one_line(error)}", file=sys.stderr)
+        sys.exit(1)
+    return rest + help_flags
+
+
 def parse_flags(flag_values, argv, doc):
     """Parse `argv` (`argv[0]` is the program) into `flag_values`.
 
@@ -29,7 +64,7 @@ def parse_flags(flag_values, argv, doc):
 
     Args:
         flag_values: the program's `absl.flags.FlagValues`.
-        argv: the full command line.
+        argv: the command line without absl's own flags.
         doc: the program's help text, printed for `--help`.
 
     Returns:
@@ -39,11 +74,14 @@ def parse_flags(flag_values, argv, doc):
     Raises:
         CommandLineError: unknown flags, bad values or extra arguments.
     """
-    if any(arg in ("-h", "--help", "-help", "--helpfull") for arg in argv[1:]):
+    if any(arg in HELP_FLAGS for arg in argv[1:]):
         print(doc)
         print(flag_values.get_help())
+        if "--helpfull" in argv[1:]:
+            print(f"\nabsl flags:\n{flags.FLAGS.get_help()}")
         return False
-    flag_values.unparse_flags()
+    if flag_values.is_parsed():
+        flag_values.unparse_flags()
     try:
         extra = flag_values(list(argv))[1:]
     except flags.Error as error:
@@ -53,25 +91,24 @@ def parse_flags(flag_values, argv, doc):
     return True
 
 
-def run_main(run, flag_values, argv, doc):
-    """Parse flags and call `run()`, turning user errors into exit status 1.
+def run_main(program, flag_values, argv, doc):
+    """Parse flags and call `program()`, turning user errors into exit status 1.
 
     Args:
-        run: callable with no arguments; raises `CommandLineError` for user
+        program: callable with no arguments; raises `CommandLineError` for user
             errors (any other exception is a bug and keeps its traceback).
         flag_values: the program's `absl.flags.FlagValues`.
-        argv: the full command line.
+        argv: the command line without absl's own flags.
         doc: the program's help text.
 
     Returns:
         The exit status: 0 on success, 1 on a user error (one line on stderr).
     """
-    program = os.path.basename(argv[0]) if argv else "keras_nvae"
     try:
         if parse_flags(flag_values, argv, doc):
-            run()
+            program()
     except CommandLineError as error:
-        print(f"{program}: error: {error}", file=sys.stderr)
+        print(f"{program_name(argv)}: error: {error}", file=sys.stderr)
         return 1
     return 0
 

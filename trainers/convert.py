@@ -5,9 +5,9 @@ export of it (flags as JSON under `args_json`, tensors under `param/<name>`), bu
 `keras_nvae.NVAE`, loads every tensor and saves a `.keras` file (and, optionally, a TensorFlow
 SavedModel).
 
-Usage (from the repository root):
+Usage (`nvae-convert` is the installed command; `python -m trainers.convert` runs the same):
 ```
-python -m trainers.convert --checkpoint=eval-cifar10/checkpoint.pt --output=nvae_cifar10.keras \
+nvae-convert --checkpoint=eval-cifar10/checkpoint.pt --output=nvae_cifar10.keras \
     [--saved_model=nvae_cifar10_savedmodel] [--official_dmol]
 ```
 
@@ -20,14 +20,16 @@ message to stderr and exit with status 1.
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
 
 from trainers import CommandLineError  # noqa: E402
 from trainers import one_line  # noqa: E402
+from trainers import parse_absl_flags  # noqa: E402
 from trainers import run_main  # noqa: E402
 
 # A private FlagValues (the convention of trainers/): importing this program next to the others,
@@ -102,14 +104,16 @@ def convert():
         # Missing file, torch not installed, unreadable or mismatched checkpoint, unsupported
         # flags (CheckpointError is a ValueError; listed for the reader).
         raise CommandLineError(one_line(error)) from None
-    message = f"Wrote {FLAGS.output}"
+    logging.info("Wrote %s", FLAGS.output)
     if FLAGS.saved_model:
-        message += f" and the SavedModel {FLAGS.saved_model}"
-    print(message)
+        logging.info("Wrote the SavedModel %s", FLAGS.saved_model)
 
 
 def main(argv):
-    """Run the converter on a full command line (`argv[0]` is the program).
+    """Run the converter on a command line (`argv[0]` is the program).
+
+    `run` passes the command line without absl's own flags (see
+    `trainers.parse_absl_flags`); tests call `main` in-process.
 
     Returns:
         The exit status: 0 on success, 1 on a user error (one line on stderr, no traceback).
@@ -117,5 +121,10 @@ def main(argv):
     return run_main(convert, FLAGS, argv, __doc__)
 
 
+def run():
+    """The `nvae-convert` command: `main` as an `absl.app` program."""
+    app.run(main, flags_parser=parse_absl_flags)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    run()

@@ -1,9 +1,9 @@
 r"""Evaluate a trained NVAE: importance-weighted test bits/dim (and nats) plus the NELBO.
 
-Usage (from the repository root):
+Usage (`nvae-evaluate` is the installed command; `python -m trainers.evaluate` runs the same):
 ```
-python -m trainers.evaluate --model runs/digits/model.keras                 # digits test split
-python -m trainers.evaluate --model cifar10.keras --dataset cifar10 \
+nvae-evaluate --model runs/digits/model.keras    # digits test split
+nvae-evaluate --model cifar10.keras --dataset cifar10 \
     --data_dir ~/tensorflow_datasets --num_samples 1000
 ```
 
@@ -14,14 +14,15 @@ and exit with 1.
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from trainers import load_dataset  # noqa: E402
 from trainers import load_model  # noqa: E402
+from trainers import parse_absl_flags  # noqa: E402
 from trainers import run_main  # noqa: E402
 
 FLAGS = flags.FlagValues()
@@ -109,7 +110,10 @@ def evaluate():
 
 
 def main(argv):
-    """Run the evaluation on a full command line (`argv[0]` is the program).
+    """Run the evaluation on a command line (`argv[0]` is the program).
+
+    `run` passes the command line without absl's own flags (see
+    `trainers.parse_absl_flags`); tests call `main` in-process.
 
     Returns:
         The exit status: 0 on success, 1 on a user error (one line on stderr).
@@ -117,5 +121,10 @@ def main(argv):
     return run_main(evaluate, FLAGS, argv, __doc__)
 
 
+def run():
+    """The `nvae-evaluate` command: `main` as an `absl.app` program."""
+    app.run(main, flags_parser=parse_absl_flags)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    run()

@@ -1,9 +1,9 @@
 r"""Draw images from a trained NVAE and write them as one PNG grid.
 
-Usage (from the repository root):
+Usage (`nvae-sample` is the installed command; `python -m trainers.sample` runs the same):
 ```
-python -m trainers.sample --model runs/digits/model.keras --output samples.png
-python -m trainers.sample --model cifar10.keras --num 100 --temperature 0.6 \
+nvae-sample --model runs/digits/model.keras --output samples.png
+nvae-sample --model cifar10.keras --num 100 --temperature 0.6 \
     --readjust_bn_steps 500 --seed 1
 ```
 
@@ -15,14 +15,16 @@ to stderr and exit with 1.
 
 import math
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
 
 from trainers import image_grid  # noqa: E402
 from trainers import load_model  # noqa: E402
+from trainers import parse_absl_flags  # noqa: E402
 from trainers import run_main  # noqa: E402
 from trainers import write_png  # noqa: E402
 
@@ -64,12 +66,17 @@ def sample():
         )
     images = np.asarray(model.sample(FLAGS.num, temperature=FLAGS.temperature, seed=FLAGS.seed))
     write_png(FLAGS.output, image_grid(images, columns=math.ceil(math.sqrt(FLAGS.num))))
-    print(f"Wrote {FLAGS.num} samples (temperature {FLAGS.temperature}) to {FLAGS.output}")
+    logging.info(
+        "Wrote %d samples (temperature %g) to %s", FLAGS.num, FLAGS.temperature, FLAGS.output
+    )
     return images
 
 
 def main(argv):
-    """Run the sampler on a full command line (`argv[0]` is the program).
+    """Run the sampler on a command line (`argv[0]` is the program).
+
+    `run` passes the command line without absl's own flags (see
+    `trainers.parse_absl_flags`); tests call `main` in-process.
 
     Returns:
         The exit status: 0 on success, 1 on a user error (one line on stderr).
@@ -77,5 +84,10 @@ def main(argv):
     return run_main(sample, FLAGS, argv, __doc__)
 
 
+def run():
+    """The `nvae-sample` command: `main` as an `absl.app` program."""
+    app.run(main, flags_parser=parse_absl_flags)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    run()

@@ -1,9 +1,9 @@
 r"""Train an NVAE, then report its test bits/dim and write samples.
 
-Usage (from the repository root):
+Usage (`nvae-train` is the installed command; `python -m trainers.train` runs the same):
 ```
-python -m trainers.train            # digits preset on scikit-learn's digits, minutes on a CPU
-python -m trainers.train --preset cifar10 --dataset cifar10 --data_dir ~/tensorflow_datasets \
+nvae-train            # digits preset on scikit-learn's digits, minutes on a CPU
+nvae-train --preset cifar10 --dataset cifar10 --data_dir ~/tensorflow_datasets \
     --distribute mirrored --mixed_precision mixed_bfloat16
 ```
 
@@ -12,26 +12,27 @@ epoch), `backup/` (the state an interrupted run resumes from; removed when train
 `logs/` (TensorBoard), and at the end `samples.png`, `reconstructions.png` and `metrics.json`.
 Running the same command again after an interruption resumes at the last completed epoch.
 
-The last line printed is the test result, e.g.
-`test bits/dim: 3.6012 (IW, K=100; 159.78 nats/image); NELBO bits/dim: 3.7011`.
+The last line printed (to stdout; progress goes to the absl log on stderr) is the test result,
+e.g. `test bits/dim: 3.6012 (IW, K=100; 159.78 nats/image); NELBO bits/dim: 3.7011`.
 User errors (bad flags, unknown preset, missing data) print one line to stderr and exit with 1.
 """
 
-import dataclasses
 import json
 import math
 import os
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
 
 from trainers import CommandLineError  # noqa: E402
 from trainers import image_grid  # noqa: E402
 from trainers import load_dataset  # noqa: E402
 from trainers import one_line  # noqa: E402
+from trainers import parse_absl_flags  # noqa: E402
 from trainers import run_main  # noqa: E402
 from trainers import write_png  # noqa: E402
 
@@ -138,54 +139,16 @@ NUM_SAMPLES = 64
 NUM_RECONSTRUCTIONS = 16
 
 
-def parse_overrides(pairs):
-    """Turn `key=value` strings into `NVAEConfig` overrides.
-
-    Values are parsed as JSON (numbers, booleans, lists, null) and kept as
-    strings otherwise; integers given for float fields become floats.
-
-    Args:
-        pairs: list of `key=value` strings.
-
-    Returns:
-        dict of field name to value.
-
-    Raises:
-        CommandLineError: malformed pair or unknown field.
-    """
-    from keras_nvae.config import NVAEConfig
-
-    types = {field.name: field.type for field in dataclasses.fields(NVAEConfig)}
-    overrides = {}
-    for pair in pairs:
-        key, separator, text = pair.partition("=")
-        key = key.strip()
-        if not separator or not key:
-            raise CommandLineError(f"--override expects key=value, got {pair!r}.")
-        if key not in types:
-            raise CommandLineError(
-                f"--override: unknown NVAEConfig field {key!r}. "
-                f"Fields: {', '.join(sorted(types))}."
-            )
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
-        if types[key] is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        overrides[key] = value
-    return overrides
-
-
 def make_config():
     """The preset's `NVAEConfig` with the flags' overrides applied."""
     from keras_nvae import presets
+    from keras_nvae.config import parse_overrides
 
-    overrides = parse_overrides(FLAGS.override)
-    for name in ("epochs", "batch_size", "learning_rate"):
-        if FLAGS[name].value is not None:
-            overrides[name] = FLAGS[name].value
     try:
+        overrides = parse_overrides(FLAGS.override)
+        for name in ("epochs", "batch_size", "learning_rate"):
+            if FLAGS[name].value is not None:
+                overrides[name] = FLAGS[name].value
         return presets.preset_config(FLAGS.preset, **overrides)
     except ValueError as error:
         raise CommandLineError(one_line(error)) from None
@@ -337,11 +300,17 @@ def train():
             jit_compile="auto" if FLAGS.jit_compile is None else FLAGS.jit_compile,
         )
     parameters = sum(math.prod(weight.shape) for weight in model.trainable_weights)
-    print(
-        f"Training preset {FLAGS.preset!r} ({parameters:,} trainable parameters) on "
-        f"{FLAGS.dataset!r}: {config.epochs} epochs x {steps} steps, batch "
-        f"{config.batch_size} x {replicas} replica(s); writing to {directory}",
-        flush=True,
+    logging.info(
+        "Training preset %r (%s trainable parameters) on %r: %d epochs x %d steps, batch "
+        "%d x %d replica(s); writing to %s",
+        FLAGS.preset,
+        f"{parameters:,}",
+        FLAGS.dataset,
+        config.epochs,
+        steps,
+        config.batch_size,
+        replicas,
+        directory,
     )
     start = time.time()
     history = model.fit(
@@ -386,10 +355,11 @@ def train():
         write_images(model, test_data, directory)
         with open(os.path.join(directory, "metrics.json"), "w") as file:
             json.dump(metrics, file, indent=2)
-        print(
-            f"Wrote {os.path.join(directory, '')}{{model.keras, samples.png, "
-            "reconstructions.png, metrics.json}; TensorBoard logs in "
-            f"{os.path.join(directory, 'logs')}"
+        logging.info(
+            "Wrote %s{model.keras, samples.png, reconstructions.png, metrics.json}; "
+            "TensorBoard logs in %s",
+            os.path.join(directory, ""),
+            os.path.join(directory, "logs"),
         )
     test = metrics["test"]
     print(
@@ -401,7 +371,10 @@ def train():
 
 
 def main(argv):
-    """Run the trainer on a full command line (`argv[0]` is the program).
+    """Run the trainer on a command line (`argv[0]` is the program).
+
+    `run` passes the command line without absl's own flags (see
+    `trainers.parse_absl_flags`); tests call `main` in-process.
 
     Returns:
         The exit status: 0 on success, 1 on a user error (one line on stderr).
@@ -409,5 +382,10 @@ def main(argv):
     return run_main(train, FLAGS, argv, __doc__)
 
 
+def run():
+    """The `nvae-train` command: `main` as an `absl.app` program."""
+    app.run(main, flags_parser=parse_absl_flags)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    run()
