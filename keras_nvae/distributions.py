@@ -16,14 +16,14 @@ import math
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from keras_nvae.config import LIKELIHOODS
+
 tfd = tfp.distributions
 
 SOFT_CLAMP_BOUND = 5.0
 SIGMA_FLOOR = 1e-2
 LOG_SCALE_MIN = -7.0
 UNIFORM_EPS = 1e-5
-
-LIKELIHOODS = ("bernoulli", "dmol", "normal")
 
 
 def _cast(value, dtype):
