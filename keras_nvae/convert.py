@@ -164,7 +164,7 @@ def _op_targets(prefix, op):
     if isinstance(op, BNSwishConv):
         return {**_bn_targets(f"{prefix}.bn_act", op.bn), **_conv_targets(f"{prefix}.conv_0", op.conv)}
     if isinstance(op, InvertedResidual):
-        o = 1 if op.stride == -1 else 0  # the up-sampling module comes first
+        o = 1 if op.upsample else 0  # the up-sampling module comes first
         return {
             **_bn_targets(f"{prefix}.conv.{o}.bn", op.bn_in),
             **_conv_targets(f"{prefix}.conv.{o + 1}.conv.0", op.conv_expand),

@@ -16,6 +16,8 @@ import math
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from keras_nvae.config import LIKELIHOODS
+
 tfd = tfp.distributions
 
 SOFT_CLAMP_BOUND = 5.0
@@ -23,12 +25,19 @@ SIGMA_FLOOR = 1e-2
 LOG_SCALE_MIN = -7.0
 UNIFORM_EPS = 1e-5
 
-LIKELIHOODS = ("bernoulli", "dmol", "normal")
-
 
 def _cast(value, dtype):
     """Casts `value` to `dtype` without a detour through float32."""
     return tf.cast(tf.convert_to_tensor(value, dtype_hint=dtype), dtype)
+
+
+def _check_temperature(temperature):
+    """Raises a ValueError if `temperature` is known not to be a positive scalar."""
+    value = tf.get_static_value(tf.convert_to_tensor(temperature))
+    if value is not None and (value.ndim != 0 or not value > 0):
+        raise ValueError(
+            f"`temperature` must be a positive scalar, got {value!r}."
+        )
 
 
 def soft_clamp(x, bound=SOFT_CLAMP_BOUND):
@@ -207,9 +216,11 @@ class _ImageLikelihood(tfd.Distribution):
     def sample_with_temperature(self, temperature, seed=None):
         """Draws one image per batch member at the given temperature.
 
+        Equivalent to `sample(seed=seed, temperature=temperature)`.
+
         Args:
-            temperature: Float or scalar tensor (the class docstring says how
-                it acts).
+            temperature: Positive float or scalar tensor (the class docstring
+                says how it acts).
             seed: Optional stateless seed, an int tensor of shape `(2,)`.
 
         Returns:
@@ -246,9 +257,10 @@ class DiscretizedMixtureLogistics(_ImageLikelihood):
     Values are floats in `[0, 1]` on the grid `k / (2 ** num_bits - 1)`.
 
     Sampling at temperature `t` (`sample(temperature=t)`,
-    `sample_with_temperature(t)`) divides the mixture logits by `t` and
-    multiplies the logistic scale by `t` (divides it, if
-    `official_temperature`).
+    `sample_with_temperature(t)`) picks the component by Gumbel-max on
+    `logits / t` (i.e. with probabilities proportional to `w_k ** (1 / t)`)
+    and draws the logistic with scale `s * t`; with `official_temperature`
+    the scale is `s / t`, as in the official `DiscMixLogistic.sample(t)`.
 
     Args:
         params: Float tensor `(..., H, W, M + C * 3 * M)`.
@@ -431,6 +443,7 @@ class DiscretizedMixtureLogistics(_ImageLikelihood):
         gumbel_seed, logistic_seed = tfp.random.split_seed(
             tfp.random.sanitize_seed(seed), n=2
         )
+        _check_temperature(temperature)
         logits, means, log_scales, coeffs = self._components()
         temperature = _cast(temperature, self.dtype)
 
@@ -550,6 +563,7 @@ class NormalDecoder(_ImageLikelihood):
     def _sample_n(self, n, seed=None, temperature=1.0):
         # The official decoder ignores the temperature; here it scales the
         # standard deviation like it does for the latent variables.
+        _check_temperature(temperature)
         x = self._normal(temperature).sample(n, seed=seed)
         return tf.clip_by_value(x, -1.0, 1.0) / 2.0 + 0.5
 

@@ -3,6 +3,8 @@
 import keras
 import tensorflow as tf
 
+from keras_nvae.distributions import nats_to_bits_per_dim
+
 
 def export_saved_model(model, filepath, log_likelihood_samples=16, verbose=True):
     """Write `model` as a SavedModel for TF Serving.
@@ -39,7 +41,6 @@ def export_saved_model(model, filepath, log_likelihood_samples=16, verbose=True)
     """
     config = model.config
     image_spec = tf.TensorSpec((None,) + tuple(config.image_shape), tf.uint8, name="images")
-    num_dims = float(config.num_dims)
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -57,7 +58,7 @@ def export_saved_model(model, filepath, log_likelihood_samples=16, verbose=True)
 
     def log_likelihood(images):
         nats = model.log_likelihood(images, num_samples=log_likelihood_samples)
-        return {"nats": nats, "bits_per_dim": -nats / (num_dims * 0.6931471805599453)}
+        return {"nats": nats, "bits_per_dim": nats_to_bits_per_dim(-nats, config.num_dims)}
 
     archive.add_endpoint(
         "sample",

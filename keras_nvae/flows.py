@@ -14,7 +14,7 @@ The mirrored cell reverses the pixel order but keeps the channel order, i.e.
 
 Besides the Keras layers, `IAFShiftBijector` exposes a cell as a
 `tfp.bijectors.Bijector`, so that a flow-transformed posterior can be written
-as `tfd.TransformedDistribution(q, paired_cell.bijector())`.
+as `tfd.TransformedDistribution(q, IAFShiftBijector(cell))`.
 """
 
 import math
@@ -314,6 +314,9 @@ class PairedIAFCell(keras.layers.Layer):
     """Two IAF cells with opposite spatial orders (official `PairedCellAR`).
 
     Applies `cell1` (raster order) and then `cell2` (mirrored order).
+    Calling the layer casts `z` to its compute dtype, as every Keras layer
+    does; `transform(z)` applies the same flow in the dtype of `z`, which keeps
+    float32 latents in float32 under mixed precision.
 
     Args:
         **kwargs: base `keras.layers.Layer` arguments.
@@ -329,10 +332,8 @@ class PairedIAFCell(keras.layers.Layer):
     Example:
     ```python
     flow = PairedIAFCell()
-    z0 = tf.random.normal((2, 8, 8, 4))
-    z, log_det = flow(z0)
-    q = tfd.Independent(tfd.Normal(tf.zeros_like(z0), 1.0), 3)
-    q_flow = tfd.TransformedDistribution(q, flow.bijector())
+    z, log_det = flow(tf.random.normal((2, 8, 8, 4)))  # log_det is all zeros
+    z = flow.transform(tf.random.normal((2, 8, 8, 4)))
     ```
     """
 
@@ -345,30 +346,26 @@ class PairedIAFCell(keras.layers.Layer):
         self.cell1.build(input_shape)
         self.cell2.build(input_shape)
 
+    def transform(self, z):
+        """The flow `z -> z - mu_1(z) -> ... - mu_2(...)` in the dtype of `z`.
+
+        Builds the cells on first use if needed.
+
+        Args:
+            z: Tensor of shape `(batch, H, W, n)`.
+
+        Returns:
+            The flowed latent, same shape and dtype as `z`.
+        """
+        z = z - self.cell1.shift(z)
+        return z - self.cell2.shift(z)
+
     def call(self, z):
-        new_z = self.cell2(self.cell1(z))
+        new_z = self.transform(z)
         return new_z, tf.zeros_like(new_z)
 
     def compute_output_shape(self, input_shape):
         return input_shape, input_shape
-
-    def bijector(self, max_inverse_iterations=None):
-        """The flow as a `tfp.bijectors.Bijector` (cell1, then cell2).
-
-        Args:
-            max_inverse_iterations: optional int, see `IAFShiftBijector`.
-
-        Returns:
-            A `tfp.bijectors.Chain` with `forward(z) == self(z)[0]`.
-        """
-        # `tfb.Chain` applies the last bijector of the list first.
-        return tfb.Chain(
-            [
-                IAFShiftBijector(self.cell2, max_inverse_iterations),
-                IAFShiftBijector(self.cell1, max_inverse_iterations),
-            ],
-            name="paired_iaf",
-        )
 
 
 class IAFShiftBijector(tfb.Bijector):
@@ -384,20 +381,13 @@ class IAFShiftBijector(tfb.Bijector):
     return `forward(q.mean())`, which is the mode, not the mean, of the flowed
     distribution.
 
-    `inverse(y)` solves `z = y + shift(z)` by fixed-point iteration starting
-    from `z = y`. Since each iteration makes at least one more element exact
-    (in the cell's autoregressive order), it is exact after at most `H * W * C`
-    iterations, each costing one evaluation of the cell; the loop stops early
-    once an iterate is reproduced exactly, which only happens at the solution.
-    The inverse is therefore far more expensive than `forward`; sampling and
-    evaluating `log_prob` at forward-transformed points (which TFP caches) do
-    not need it.
+    Only the forward map is implemented: TFP caches it, so sampling a
+    `tfd.TransformedDistribution` and evaluating `log_prob` at its samples
+    work, while `inverse` of any other point raises `NotImplementedError`
+    (inverting the cell takes up to `H * W * C` sequential evaluations).
 
     Args:
         cell: a `IAFCell`.
-        max_inverse_iterations: optional int >= 1 capping the number of
-            fixed-point iterations of `inverse`; defaults to `H * W * C`, for
-            which the inverse is exact. Fewer iterations give an approximation.
         validate_args: bool, passed to `tfp.bijectors.Bijector`.
         name: str, bijector name.
 
@@ -410,22 +400,10 @@ class IAFShiftBijector(tfb.Bijector):
     ```
     """
 
-    def __init__(
-        self,
-        cell,
-        max_inverse_iterations=None,
-        validate_args=False,
-        name="iaf_shift",
-    ):
+    def __init__(self, cell, validate_args=False, name="iaf_shift"):
         parameters = dict(locals())
-        if max_inverse_iterations is not None and max_inverse_iterations < 1:
-            raise ValueError(
-                "`max_inverse_iterations` must be None or >= 1, got "
-                f"{max_inverse_iterations}."
-            )
         with tf.name_scope(name) as name:
             self._cell = cell
-            self._max_inverse_iterations = max_inverse_iterations
             super().__init__(
                 forward_min_event_ndims=3,
                 is_constant_jacobian=True,
@@ -439,34 +417,8 @@ class IAFShiftBijector(tfb.Bijector):
         """The wrapped `IAFCell`."""
         return self._cell
 
-    @property
-    def max_inverse_iterations(self):
-        """Cap on the fixed-point iterations of `inverse` (None: `H * W * C`)."""
-        return self._max_inverse_iterations
-
     def _forward(self, x):
         return x - self._cell.shift(x)
-
-    def _inverse(self, y):
-        if self._max_inverse_iterations is None:
-            max_iterations = tf.reduce_prod(tf.shape(y)[-3:])
-        else:
-            max_iterations = tf.constant(self._max_inverse_iterations, tf.int32)
-
-        def cond(i, z, converged):
-            return tf.logical_and(i < max_iterations, tf.logical_not(converged))
-
-        def body(i, z, converged):
-            z_next = y + self._cell.shift(z)
-            return i + 1, z_next, tf.reduce_all(tf.equal(z_next, z))
-
-        # The first iteration runs outside the loop so that the cell is built
-        # (if needed) before any variable is read inside it.
-        z = y + self._cell.shift(y)
-        _, z, _ = tf.while_loop(
-            cond, body, (tf.constant(1, tf.int32), z, tf.constant(False))
-        )
-        return z
 
     def _forward_log_det_jacobian(self, x):
         return tf.zeros([], dtype=x.dtype)

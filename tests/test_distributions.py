@@ -334,17 +334,105 @@ def test_dmol_sample_temperature_convention(official):
     assert abs(x.mean()) < 0.01
 
 
+@pytest.mark.parametrize("official", [False, True])
 @pytest.mark.parametrize("temperature", [1.0, 0.25])
-def test_dmol_sample_mixture_weights(temperature):
+def test_dmol_sample_mixture_weights(temperature, official):
     params = constant_params(
         256, [math.log(0.3), math.log(0.7)], [-0.5, 0.5], -5.0)
-    x = DMoL(params, 1, 2).sample_with_temperature(
+    x = DMoL(params, 1, 2, official_temperature=official).sample_with_temperature(
         temperature, seed=[5, 6]).numpy()
     # Gumbel-max on logits / t picks component k with probability
     # proportional to w_k ** (1 / t). The frequency's standard error is
     # below 0.002.
     w = np.array([0.3, 0.7]) ** (1.0 / temperature)
     np.testing.assert_allclose((x > 0.5).mean(), w[1] / w.sum(), atol=0.01)
+
+
+def np_dmol_sample_from_uniforms(params, num_mixtures, temperature,
+                                 official, u_gumbel, u_logistic):
+    """The official `DiscMixLogistic.sample(t)`, NHWC, given its uniforms.
+
+    With `official=False` the logistic scale is multiplied by `t` instead of
+    divided. `u_gumbel` is `(..., H, W, M)` and `u_logistic` `(..., H, W, 3)`.
+    """
+    m = num_mixtures
+    logits = params[..., :m]
+    gumbel = -np.log(-np.log(u_gumbel))
+    sel = np.argmax(logits / temperature + gumbel, axis=-1)[..., None]
+
+    def pick(colour, field):
+        return np.take_along_axis(np_field(params, m, colour, field), sel, -1)[..., 0]
+
+    means = np.stack([pick(c, 0) for c in range(3)], -1)
+    scales = np.exp(np.maximum(np.stack([pick(c, 1) for c in range(3)], -1), -7.0))
+    coeffs = np.tanh(np.stack([pick(c, 2) for c in range(3)], -1))
+    scales = scales / temperature if official else scales * temperature
+    x = means + scales * (np.log(u_logistic) - np.log1p(-u_logistic))
+    return np_compose(x, coeffs)
+
+
+@pytest.mark.parametrize("official", [False, True])
+def test_dmol_sample_with_temperature_is_the_official_formula(official):
+    # Replays the distribution's own uniform draws through a NumPy transcription
+    # of the official sampler, so every pixel is checked exactly: Gumbel-max on
+    # logits / t, the logistic scale times (or, officially, divided by) t, and
+    # the clamped channel-autoregressive composition.
+    rng = np.random.default_rng(13)
+    m, temperature, seed = 3, 0.6, tf.constant([7, 8])
+    params = random_dmol_params(rng, (2, 5, 6), 3, m).astype(np.float32)
+    d = DMoL(params, 3, m, official_temperature=official)
+    x = d.sample_with_temperature(temperature, seed=seed).numpy()
+    gumbel_seed, logistic_seed = tfp.random.split_seed(
+        tfp.random.sanitize_seed(seed), n=2)
+    uniform = dict(minval=dist_lib.UNIFORM_EPS, maxval=1.0 - dist_lib.UNIFORM_EPS)
+    u_gumbel = tf.random.stateless_uniform(
+        (1, 2, 5, 6, m), seed=gumbel_seed, **uniform).numpy()[0]
+    u_logistic = tf.random.stateless_uniform(
+        (1, 2, 5, 6, 3), seed=logistic_seed, **uniform).numpy()[0]
+    expected = np_dmol_sample_from_uniforms(
+        params.astype(np.float64), m, temperature, official,
+        u_gumbel.astype(np.float64), u_logistic.astype(np.float64))
+    np.testing.assert_allclose(x, expected, atol=2e-6)
+    assert 0.02 < (x == 1.0).mean() + (x == 0.0).mean() < 0.9  # clamps exercised
+
+
+@pytest.mark.parametrize("official", [False, True])
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+def test_dmol_sample_residuals_are_logistic_at_temperature(temperature, official):
+    # One component, three channels with autoregressive coefficients. Taking
+    # the means and the coefficient terms off a sample leaves, per channel, a
+    # logistic with scale s * t (official: s / t), whose CDF is sigmoid(r / scale).
+    h, scale = 128, 0.04
+    means = np.array([0.2, -0.1, 0.05])
+    raw_coeffs = np.array([0.5, -0.3, 0.4])  # (G|R), (B|R), (B|G)
+    params = np.zeros((1, h, h, DMoL.num_params(3, 1)), np.float32)
+    for c in range(3):
+        params[..., 1 + 3 * c:4 + 3 * c] = [means[c], math.log(scale),
+                                            raw_coeffs[c]]
+    d = DMoL(params, 3, 1, official_temperature=official)
+    x = 2.0 * d.sample_with_temperature(temperature, seed=[9, 10]).numpy() - 1.0
+    a, b, c = np.tanh(raw_coeffs)
+    residuals = [
+        x[..., 0] - means[0],
+        x[..., 1] - means[1] - a * x[..., 0],
+        x[..., 2] - means[2] - b * x[..., 0] - c * x[..., 1],
+    ]
+    effective = scale / temperature if official else scale * temperature
+    points = np.array([-3.0, -1.5, -0.5, 0.0, 0.5, 1.5, 3.0])
+    for r in residuals:
+        empirical = (r.reshape(-1, 1) <= points * effective).mean(0)
+        # 16384 draws: the standard error of each frequency is below 0.004.
+        np.testing.assert_allclose(empirical, np_sigmoid(points), atol=0.015)
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan"), [0.5, 0.5]])
+def test_sample_temperature_must_be_a_positive_scalar(temperature):
+    params = np.zeros((1, 2, 2, DMoL.num_params(1, 2)), np.float32)
+    for d in (DMoL(params, 1, 2), dist_lib.NormalDecoder(np.zeros((1, 2, 2, 2)), 1)):
+        with pytest.raises(ValueError, match="positive scalar"):
+            d.sample_with_temperature(temperature, seed=[1, 2])
+        with pytest.raises(ValueError, match="positive scalar"):
+            d.sample(seed=[1, 2], temperature=temperature)
 
 
 def test_dmol_argument_validation():

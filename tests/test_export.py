@@ -24,8 +24,11 @@ def test_saved_model_endpoints(tmp_path):
     latents = served.encode(tf.constant(x))
     assert sorted(latents) == ["z_00", "z_01", "z_02", "z_03"]
     assert [tuple(latents[k].shape[1:]) for k in sorted(latents)] == model.latent_shapes
-    bpd = served.log_likelihood(tf.constant(x))["bits_per_dim"].numpy()
+    likelihood = served.log_likelihood(tf.constant(x))
+    bpd = likelihood["bits_per_dim"].numpy()
     assert bpd.shape == (2,) and np.all(np.isfinite(bpd)) and np.all(bpd > 0)
+    nats = likelihood["nats"].numpy()
+    np.testing.assert_allclose(bpd, -nats / (np.log(2.0) * 16 * 16 * 3), rtol=1e-6)
     # The exported reconstruction is the Keras one: compare through the same
     # posterior noise by decoding the exported latents with the Keras model.
     keras_images = model.decode([latents[k] for k in sorted(latents)]).numpy()

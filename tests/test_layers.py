@@ -181,11 +181,76 @@ def test_residual_cell_is_skip_plus_scaled_branch(cell_type, ops, in_shape, out_
 
 
 def test_inverted_residual_hidden_width_and_no_weight_norm():
-    op = layers.InvertedResidual(8, stride=-1, expansion=6)
+    op = layers.InvertedResidual(8, expansion=6, upsample=True)
     y = op(RNG.randn(1, 4, 4, 16).astype("float32"), training=True)
     assert y.shape == (1, 8, 8, 8)
     assert op.hidden == 96  # 6 x the op's input width, as in the official code
     assert not op.conv_expand.weight_norm and not op.conv_expand.use_bias
+
+
+def random_weights(layer):
+    """Random values for every weight (positive ones for BN's running variance)."""
+    return [
+        RNG.uniform(0.5, 1.5, w.shape) if "moving_variance" in w.path else 0.3 * RNG.randn(*w.shape)
+        for w in layer.weights
+    ]
+
+
+@pytest.mark.parametrize(
+    "make_op",
+    [
+        lambda upsample: layers.BNSwishConv(8, upsample=upsample),
+        lambda upsample: layers.InvertedResidual(8, expansion=3, upsample=upsample),
+    ],
+)
+def test_upsampling_ops_equal_the_op_on_nearest_upsampled_input(make_op):
+    # In inference mode BN-Swish acts per pixel, so up-sampling before or after
+    # it is the same: the up-sampling op is the plain op on the repeated input.
+    x = RNG.randn(2, 3, 4, 6).astype("float32")
+    up = make_op(upsample=True)
+    plain = make_op(upsample=False)
+    up.build(x.shape)
+    plain.build((2, 6, 8, 6))
+    up.set_weights(random_weights(up))
+    plain.set_weights(up.get_weights())
+    y = up(x, training=False).numpy()
+    assert y.shape == (2, 6, 8, 8)
+    repeated = np.repeat(np.repeat(x, 2, axis=1), 2, axis=2)
+    np.testing.assert_allclose(y, plain(repeated, training=False).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_resampling_arguments_are_checked():
+    for op in (layers.BNSwishConv, layers.InvertedResidual):
+        with pytest.raises(ValueError, match="upsample=True"):
+            op(8, stride=-1)
+        with pytest.raises(ValueError, match="stride 2"):
+            op(8, stride=2, upsample=True)
+
+
+@pytest.mark.parametrize(
+    "legacy_keys, expected",
+    [
+        # Keys that `get_config` wrote in keras_nvae 0.1.0 and `.keras` files carry.
+        ({"dilation_rate": 1}, layers.Conv2D(4, 3, name="layer")),
+        ({"synchronized": True}, layers.BatchNorm(name="layer")),
+        ({"stride": -1}, layers.BNSwishConv(8, upsample=True, name="layer")),
+        ({"stride": -1}, layers.InvertedResidual(8, expansion=3, upsample=True, name="layer")),
+    ],
+)
+def test_configs_of_keras_nvae_0_1_0_still_load(legacy_keys, expected):
+    serialized = keras.saving.serialize_keras_object(expected)
+    serialized["config"].pop("upsample", None)
+    serialized["config"].update(legacy_keys)
+    restored = keras.saving.deserialize_keras_object(serialized)
+    assert type(restored) is type(expected)
+    assert restored.get_config() == expected.get_config()
+
+
+def test_unsupported_legacy_options_are_rejected():
+    with pytest.raises(ValueError, match="dilation_rate=2"):
+        layers.Conv2D.from_config({**layers.Conv2D(4, 3).get_config(), "dilation_rate": 2})
+    with pytest.raises(ValueError, match="synchronized=False"):
+        layers.BatchNorm.from_config({**layers.BatchNorm().get_config(), "synchronized": False})
 
 
 def test_combiners():
@@ -204,7 +269,9 @@ def test_combiners():
         layers.Conv2D(4, 3, strides=2, use_bias=True, weight_norm=False),
         layers.BatchNorm(momentum=0.9),
         layers.BNSwishConv(8, stride=2),
+        layers.BNSwishConv(8, upsample=True),
         layers.InvertedResidual(8, expansion=3),
+        layers.InvertedResidual(8, upsample=True),
         layers.FactorizedReduce(8),
         layers.UpsampleSkip(8),
         layers.EncoderCombiner(8),

@@ -22,30 +22,64 @@ def upsample_bilinear_align_corners(x):
     return tf.cast(y, x.dtype)
 
 
-def _output_shape(input_shape, filters, stride):
-    factor = {1: 1, 2: 0.5, -1: 2}[stride]
+def resampled_shape(input_shape, filters, stride, upsample):
+    """Output shape of an op or cell that down-samples by `stride` or up-samples x2.
+
+    Args:
+        input_shape: NHWC shape; unknown dimensions may be None.
+        filters: output channels.
+        stride: 1, or 2 to halve the resolution.
+        upsample: bool, double the resolution.
+
+    Returns:
+        The NHWC output shape, a tuple.
+    """
+    factor = 2 if upsample else 1 / stride
     spatial = tuple(None if d is None else int(d * factor) for d in input_shape[1:3])
     return (input_shape[0],) + spatial + (filters,)
 
 
-def stride_of(cell_type):
-    """1 for normal/combiner cells, 2 for down cells, -1 for up cells."""
-    if cell_type.startswith("down"):
-        return 2
-    if cell_type.startswith("up"):
-        return -1
-    return 1
+def resampling_of(cell_type):
+    """How a cell type changes the resolution.
+
+    Args:
+        cell_type: e.g. "normal_enc", "down_pre", "up_dec".
+
+    Returns:
+        `(stride, upsample)`: `(2, False)` for down cells, `(1, True)` for up
+        cells and `(1, False)` otherwise.
+    """
+    return (2 if cell_type.startswith("down") else 1), cell_type.startswith("up")
+
+
+def _check_resampling(stride, upsample):
+    if stride not in (1, 2):
+        raise ValueError(
+            f"`stride` must be 1 or 2, got {stride!r}; to up-sample, pass upsample=True."
+        )
+    if upsample and stride != 1:
+        raise ValueError("An op cannot both up-sample and have stride 2; use stride=1.")
+
+
+def _upgrade_resampling_config(config):
+    """Maps the `stride=-1` of keras_nvae 0.1.0 configs to `upsample=True`."""
+    config = dict(config)
+    if config.get("stride") == -1:
+        config.update(stride=1, upsample=True)
+    return config
 
 
 @keras.saving.register_keras_serializable(package="keras_nvae")
 class BNSwishConv(keras.layers.Layer):
-    """BN - Swish - [nearest x2 if up] - weight-normalised Conv3x3 (with bias).
+    """BN - Swish - [nearest x2 if upsample] - weight-normalised Conv3x3 (with bias).
 
     NVAE's encoder op (`res_bnswish`).
 
     Args:
         filters: output channels.
-        stride: 1, 2 (down-sampling) or -1 (up-sampling).
+        stride: 1, or 2 to down-sample.
+        upsample: bool, nearest-neighbour x2 up-sampling before the
+            convolution.
         **kwargs: base `keras.layers.Layer` arguments.
 
     Example:
@@ -55,13 +89,15 @@ class BNSwishConv(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, filters, stride=1, **kwargs):
+    def __init__(self, filters, stride=1, upsample=False, **kwargs):
         super().__init__(**kwargs)
+        _check_resampling(stride, upsample)
         self.filters = int(filters)
         self.stride = int(stride)
+        self.upsample = bool(upsample)
         self.bn = BatchNorm(name="bn")
         self.conv = Conv2D(
-            filters, 3, strides=max(self.stride, 1), padding=1, use_bias=True, name="conv"
+            filters, 3, strides=self.stride, padding=1, use_bias=True, name="conv"
         )
 
     def build(self, input_shape):
@@ -71,34 +107,41 @@ class BNSwishConv(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         x = tf.nn.silu(self.bn(inputs, training=training))
-        if self.stride == -1:
+        if self.upsample:
             x = upsample_nearest(x)
         return self.conv(x)
 
     def compute_output_shape(self, input_shape):
-        return _output_shape(input_shape, self.filters, self.stride)
+        return resampled_shape(input_shape, self.filters, self.stride, self.upsample)
 
     def get_config(self):
         config = super().get_config()
-        config.update({"filters": self.filters, "stride": self.stride})
+        config.update(
+            {"filters": self.filters, "stride": self.stride, "upsample": self.upsample}
+        )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        return super().from_config(_upgrade_resampling_config(config))
 
 
 @keras.saving.register_keras_serializable(package="keras_nvae")
 class InvertedResidual(keras.layers.Layer):
     """NVAE's inverted-residual (MBConv) op, without the residual connection.
 
-    [nearest x2 if up] - BN - Conv1x1 (expand) - BN - Swish - depthwise ConvKxK
-    - BN - Swish - Conv1x1 - BN. The convolutions have no bias and no weight
+    [nearest x2 if upsample] - BN - Conv1x1 (expand) - BN - Swish - depthwise
+    ConvKxK - BN - Swish - Conv1x1 - BN. The convolutions have no bias and no weight
     normalisation, as in the official `InvertedResidual`. The hidden width is
     `round(C_in * expansion)` of the op's input width.
 
     Args:
         filters: output channels.
-        stride: 1, 2 or -1 (up-sampling).
+        stride: 1, or 2 to down-sample (in the depthwise convolution).
         expansion: hidden-width multiplier (6 in the decoder, 3 in the
             post-process cells).
         kernel_size: depthwise kernel size.
+        upsample: bool, nearest-neighbour x2 up-sampling first.
         **kwargs: base `keras.layers.Layer` arguments.
 
     Example:
@@ -108,10 +151,14 @@ class InvertedResidual(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, filters, stride=1, expansion=6, kernel_size=5, **kwargs):
+    def __init__(
+        self, filters, stride=1, expansion=6, kernel_size=5, upsample=False, **kwargs
+    ):
         super().__init__(**kwargs)
+        _check_resampling(stride, upsample)
         self.filters = int(filters)
         self.stride = int(stride)
+        self.upsample = bool(upsample)
         self.expansion = expansion
         self.kernel_size = int(kernel_size)
         self.bn_in = BatchNorm(name="bn_in")
@@ -127,13 +174,13 @@ class InvertedResidual(keras.layers.Layer):
         self.conv_depthwise = Conv2D(
             hidden,
             self.kernel_size,
-            strides=max(self.stride, 1),
+            strides=self.stride,
             groups=hidden,
             weight_norm=False,
             name="conv_depthwise",
         )
         self.conv_project = Conv2D(self.filters, 1, weight_norm=False, name="conv_project")
-        scale = 2 if self.stride == -1 else 1
+        scale = 2 if self.upsample else 1
         spatial = tuple(None if d is None else d * scale for d in input_shape[1:3])
         x_shape = (input_shape[0],) + spatial + (input_shape[-1],)
         hidden_shape = x_shape[:-1] + (hidden,)
@@ -147,7 +194,7 @@ class InvertedResidual(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         x = inputs
-        if self.stride == -1:
+        if self.upsample:
             x = upsample_nearest(x)
         x = self.bn_in(x, training=training)
         x = tf.nn.silu(self.bn_expand(self.conv_expand(x), training=training))
@@ -155,7 +202,7 @@ class InvertedResidual(keras.layers.Layer):
         return self.bn_out(self.conv_project(x), training=training)
 
     def compute_output_shape(self, input_shape):
-        return _output_shape(input_shape, self.filters, self.stride)
+        return resampled_shape(input_shape, self.filters, self.stride, self.upsample)
 
     def get_config(self):
         config = super().get_config()
@@ -165,15 +212,31 @@ class InvertedResidual(keras.layers.Layer):
                 "stride": self.stride,
                 "expansion": self.expansion,
                 "kernel_size": self.kernel_size,
+                "upsample": self.upsample,
             }
         )
         return config
 
+    @classmethod
+    def from_config(cls, config):
+        return super().from_config(_upgrade_resampling_config(config))
 
-def make_cell_op(name, filters, stride):
-    """Build one op of a residual cell from its recipe name (see config.ARCHITECTURES)."""
+
+def make_cell_op(name, filters, stride=1, upsample=False):
+    """Build one op of a residual cell from its recipe name (see config.ARCHITECTURES).
+
+    Args:
+        name: "bnswish" or "mbconv_eX" (X the expansion).
+        filters: output channels.
+        stride: 1, or 2 to down-sample.
+        upsample: bool, up-sample x2 first.
+
+    Returns:
+        A `BNSwishConv` or `InvertedResidual`.
+    """
     if name == "bnswish":
-        return BNSwishConv(filters, stride)
+        return BNSwishConv(filters, stride, upsample=upsample)
     if name.startswith("mbconv_e"):
-        return InvertedResidual(filters, stride, expansion=int(name[len("mbconv_e"):]))
+        expansion = int(name[len("mbconv_e"):])
+        return InvertedResidual(filters, stride, expansion=expansion, upsample=upsample)
     raise ValueError(f"Unknown cell op {name!r}.")

@@ -126,8 +126,7 @@ class Conv2D(keras.layers.Layer):
         kernel_size: int, square kernel size.
         strides: int, 1 or 2.
         padding: int or None. Symmetric zero padding; None means
-            `dilation_rate * (kernel_size - 1) // 2`.
-        dilation_rate: int.
+            `(kernel_size - 1) // 2`.
         groups: int, 1 or the number of input channels (depthwise).
         use_bias: bool.
         weight_norm: bool. If False the raw kernel is used (NVAE's MBConv
@@ -147,7 +146,6 @@ class Conv2D(keras.layers.Layer):
         kernel_size,
         strides=1,
         padding=None,
-        dilation_rate=1,
         groups=1,
         use_bias=False,
         weight_norm=True,
@@ -159,12 +157,7 @@ class Conv2D(keras.layers.Layer):
         self.filters = int(filters)
         self.kernel_size = int(kernel_size)
         self.strides = int(strides)
-        self.dilation_rate = int(dilation_rate)
-        self.padding = (
-            self.dilation_rate * (self.kernel_size - 1) // 2
-            if padding is None
-            else int(padding)
-        )
+        self.padding = (self.kernel_size - 1) // 2 if padding is None else int(padding)
         self.groups = int(groups)
         self.use_bias = use_bias
         self.weight_norm = weight_norm
@@ -234,10 +227,7 @@ class Conv2D(keras.layers.Layer):
     def call(self, inputs):
         kernel = tf.cast(self.normalized_kernel(), self.compute_dtype)
         x = inputs
-        dilations = (self.dilation_rate, self.dilation_rate)
-        if self.strides == 1 and self.padding * 2 == self.dilation_rate * (
-            self.kernel_size - 1
-        ):
+        if self.strides == 1 and self.padding * 2 == self.kernel_size - 1:
             padding = "SAME"
         else:
             padding = "VALID"
@@ -252,17 +242,15 @@ class Conv2D(keras.layers.Layer):
             y = tf.matmul(flat, tf.reshape(kernel, (self.in_channels, self.filters)))
             y = tf.reshape(y, tf.concat([tf.shape(x)[:-1], [self.filters]], axis=0))
         elif self.groups == 1:
-            y = tf.nn.conv2d(x, kernel, strides, padding, dilations=dilations)
+            y = tf.nn.conv2d(x, kernel, strides, padding)
         else:
             kernel = tf.reshape(
                 kernel, (self.kernel_size, self.kernel_size, self.filters, 1)
             )
-            if padding == "SAME" and self.dilation_rate == 1 and self.kernel_size % 2:
+            if padding == "SAME":
                 y = depthwise_conv_same(x, kernel)
             else:
-                y = tf.nn.depthwise_conv2d(
-                    x, kernel, strides, padding, dilations=dilations
-                )
+                y = tf.nn.depthwise_conv2d(x, kernel, strides, padding)
         if self.use_bias:
             y = y + tf.cast(self.bias, self.compute_dtype)
         return y
@@ -271,8 +259,7 @@ class Conv2D(keras.layers.Layer):
         def out(n):
             if n is None:
                 return None
-            eff = self.dilation_rate * (self.kernel_size - 1) + 1
-            return (n + 2 * self.padding - eff) // self.strides + 1
+            return (n + 2 * self.padding - self.kernel_size) // self.strides + 1
 
         return (input_shape[0], out(input_shape[1]), out(input_shape[2]), self.filters)
 
@@ -284,10 +271,21 @@ class Conv2D(keras.layers.Layer):
                 "kernel_size": self.kernel_size,
                 "strides": self.strides,
                 "padding": self.padding,
-                "dilation_rate": self.dilation_rate,
                 "groups": self.groups,
                 "use_bias": self.use_bias,
                 "weight_norm": self.weight_norm,
             }
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        # `.keras` files from keras_nvae 0.1.0 record `dilation_rate` (always 1).
+        dilation_rate = config.pop("dilation_rate", 1)
+        if dilation_rate != 1:
+            raise ValueError(
+                f"{cls.__name__} does not support dilated convolutions; the config "
+                f"has dilation_rate={dilation_rate}; remove the key or set it to 1."
+            )
+        return super().from_config(config)

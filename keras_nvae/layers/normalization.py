@@ -15,14 +15,13 @@ class BatchNorm(keras.layers.Layer):
     PyTorch does, so official checkpoints and statistics match), the default
     momentum is 0.95 (PyTorch 0.05) and epsilon 1e-5, and under a
     `tf.distribute` strategy with several replicas the batch statistics are
-    computed over the global batch (synchronised BN, as the official code).
-    Statistics are always computed in float32.
+    always computed over the global batch (synchronised BN, as the official
+    code). Statistics are always computed in float32.
 
     Args:
         momentum: float, Keras convention (`moving = momentum * moving + (1 -
             momentum) * batch`).
         epsilon: float.
-        synchronized: bool, all-reduce statistics across replicas.
         **kwargs: base `keras.layers.Layer` arguments.
 
     Example:
@@ -32,11 +31,10 @@ class BatchNorm(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, momentum=0.95, epsilon=1e-5, synchronized=True, **kwargs):
+    def __init__(self, momentum=0.95, epsilon=1e-5, **kwargs):
         super().__init__(**kwargs)
         self.momentum = float(momentum)
         self.epsilon = float(epsilon)
-        self.synchronized = synchronized
 
     def build(self, input_shape):
         if self.built:
@@ -82,11 +80,7 @@ class BatchNorm(keras.layers.Layer):
 
     def _synchronizing(self):
         context = tf.distribute.get_replica_context()
-        return (
-            self.synchronized
-            and context is not None
-            and context.num_replicas_in_sync > 1
-        )
+        return context is not None and context.num_replicas_in_sync > 1
 
     def _update_moving_statistics(self, mean, unbiased_variance):
         if is_recomputing():
@@ -131,7 +125,17 @@ class BatchNorm(keras.layers.Layer):
             {
                 "momentum": self.momentum,
                 "epsilon": self.epsilon,
-                "synchronized": self.synchronized,
             }
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        # `.keras` files from keras_nvae 0.1.0 record `synchronized` (always True).
+        if not config.pop("synchronized", True):
+            raise ValueError(
+                "BatchNorm always synchronises its statistics across replicas; the "
+                "config has synchronized=False. Remove the key or set it to True."
+            )
+        return super().from_config(config)

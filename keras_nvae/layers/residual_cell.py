@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_nvae.layers.cell_ops import make_cell_op, stride_of
+from keras_nvae.layers.cell_ops import make_cell_op, resampled_shape, resampling_of
 from keras_nvae.layers.remat import rematerialize
 from keras_nvae.layers.skips import FactorizedReduce, UpsampleSkip
 from keras_nvae.layers.squeeze_excitation import SqueezeExcitation
@@ -12,9 +12,9 @@ from keras_nvae.layers.squeeze_excitation import SqueezeExcitation
 class ResidualCell(keras.layers.Layer):
     """A residual cell of NVAE.
 
-    The branch runs the ops of the recipe in sequence (only the first op gets
-    the stride), optionally followed by squeeze-and-excitation; the output is
-    `skip + 0.1 * branch`. The skip is the identity, `FactorizedReduce` for
+    The branch runs the ops of the recipe in sequence (only the first op
+    changes the resolution), optionally followed by squeeze-and-excitation;
+    the output is `skip + 0.1 * branch`. The skip is the identity, `FactorizedReduce` for
     down cells or `UpsampleSkip` for up cells. Down cells double the channels
     and up cells halve them.
 
@@ -41,16 +41,17 @@ class ResidualCell(keras.layers.Layer):
         self.cell_type = cell_type
         self.op_names = tuple(ops)
         self.use_se = use_se
-        stride = stride_of(cell_type)
-        self.stride = stride
-        if stride == 2:
+        self.stride, self.upsample = resampling_of(cell_type)
+        if self.stride == 2:
             self.skip = FactorizedReduce(filters, name="skip")
-        elif stride == -1:
+        elif self.upsample:
             self.skip = UpsampleSkip(filters, name="skip")
         else:
             self.skip = None
         self.ops = [
-            make_cell_op(name, filters, stride if i == 0 else 1)
+            make_cell_op(name, filters, self.stride, self.upsample)
+            if i == 0
+            else make_cell_op(name, filters)
             for i, name in enumerate(self.op_names)
         ]
         self.se = SqueezeExcitation(name="se") if use_se else None
@@ -66,9 +67,7 @@ class ResidualCell(keras.layers.Layer):
             self.se.build(shape)
 
     def compute_output_shape(self, input_shape):
-        factor = {1: 1, 2: 0.5, -1: 2}[self.stride]
-        spatial = tuple(None if d is None else int(d * factor) for d in input_shape[1:3])
-        return (input_shape[0],) + spatial + (self.filters,)
+        return resampled_shape(input_shape, self.filters, self.stride, self.upsample)
 
     def call(self, inputs, training=None):
         if self.remat and training:
