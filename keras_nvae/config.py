@@ -95,9 +95,9 @@ class NVAEConfig:
         use_se: squeeze-and-excitation in every residual cell.
         res_dist: residual Normal posteriors.
         arch_instance: cell recipe, one of `ARCHITECTURES`.
-        official_dmol: reproduce the official DMoL quirks (right edge at 0.99,
-            which leaves the 8-bit likelihood unnormalised, and sampling
-            temperature dividing the logistic scale). For parity only.
+        official_dmol: reproduce the official DMoL likelihood (right edge at
+            0.99, which leaves the 8-bit likelihood unnormalised). For parity
+            only.
         remat: gradient checkpointing: every residual cell drops its
             activations after the forward pass and recomputes them in the
             backward pass (less memory, about a fifth more compute). Does not

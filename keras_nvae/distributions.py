@@ -630,7 +630,6 @@ def make_decoder_distribution(
     num_mixtures,
     num_bits,
     official_edges=False,
-    official_temperature=False,
 ):
     """Builds the decoder likelihood `p(x | z)` from the decoder's output.
 
@@ -642,7 +641,6 @@ def make_decoder_distribution(
         num_mixtures: Number of logistic mixture components (`"dmol"` only).
         num_bits: Bits per channel of the data (`"dmol"` only).
         official_edges: See `DiscretizedMixtureLogistics`.
-        official_temperature: See `DiscretizedMixtureLogistics`.
 
     Returns:
         A distribution with batch shape `(B,)` and event shape `(H, W, C)`
@@ -660,7 +658,6 @@ def make_decoder_distribution(
             num_mixtures=num_mixtures,
             num_bits=num_bits,
             official_edges=official_edges,
-            official_temperature=official_temperature,
         )
     return NormalDecoder(params, num_channels=num_channels)
 

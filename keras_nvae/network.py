@@ -298,7 +298,6 @@ class NVAENetwork(keras.Model):
             num_mixtures=c.num_mixtures,
             num_bits=c.num_x_bits,
             official_edges=c.official_dmol,
-            official_temperature=c.official_dmol,
         )
 
     def call(self, inputs, training=None, noise=None):

@@ -585,15 +585,14 @@ def test_make_decoder_distribution(likelihood, num_channels, expected_type):
     p = dist_lib.decoder_num_channels(likelihood, num_channels, 4)
     params = tf.zeros((2, 5, 6, p))
     d = dist_lib.make_decoder_distribution(
-        likelihood, params, num_channels, 4, 5, official_edges=True,
-        official_temperature=True)
+        likelihood, params, num_channels, 4, 5, official_edges=True)
     assert isinstance(d, expected_type)
     assert d.batch_shape == (2,)
     assert d.event_shape == (5, 6, num_channels)
     assert d.log_prob(tf.zeros((2, 5, 6, num_channels))).shape == (2,)
     if likelihood == "dmol":
         assert d.num_bits == 5 and d.official_edges
-        assert d.official_temperature
+        assert not d.official_temperature
 
 
 def test_make_decoder_distribution_rejects_bad_input():

@@ -185,13 +185,13 @@ class LatentGroup(keras.layers.Layer):
         return q, distributions.normal_from_params(mu_p, log_sigma_p)
 
     def flow(self, z):
-        """Applies the IAF flows; returns (z, per-image log-determinant)."""
-        log_det = tf.zeros(tf.shape(z)[:1])
+        """Applies the IAF flows; returns (z, per-image log-determinant).
+
+        The flows are volume preserving, so the log-determinant is zero.
+        """
         for cell in self.flows:
-            bijector = cell.bijector()
-            log_det += bijector.forward_log_det_jacobian(z, event_ndims=3)
-            z = bijector.forward(z)
-        return z, log_det
+            z = cell.transform(z)
+        return z, tf.zeros(tf.shape(z)[:1])
 
     def sample_posterior(self, feature, s, eps):
         """A posterior sample `z = flows(mu_q + sigma_q * eps)` and its terms.
