@@ -8,6 +8,7 @@ import tensorflow as tf
 from keras_nvae import distributions
 from keras_nvae import inputs
 from keras_nvae import objectives
+from keras_nvae import official_layout
 from keras_nvae import optimizers as nvae_optimizers
 from keras_nvae.layers.conv import Conv2D, spectral_matrices
 from keras_nvae.layers.normalization import BatchNorm
@@ -69,7 +70,7 @@ class NVAETrainer:
             initializer=keras.initializers.Constant(1),
             trainable=False,
         )
-        layers = _flatten(self.modules_in_official_order())
+        layers = _flatten(official_layout.modules_in_official_order(self))
         self._conv_layers = [layer for layer in layers if isinstance(layer, Conv2D)]
         self._bn_layers = [layer for layer in layers if isinstance(layer, BatchNorm)]
         self.spectral_regularizer.build(

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_nvae import NVAE
+from keras_nvae import NVAE, official_layout
 from keras_nvae import evaluation
 from keras_nvae.layers.normalization import BatchNorm
 
@@ -109,7 +109,7 @@ def _bn_layers(*blocks):
 def test_readjust_bn_changes_only_decoder_statistics():
     keras.utils.set_random_seed(2)
     model = NVAE.from_preset("tiny")
-    towers = model.official_modules()
+    towers = official_layout.official_modules(model)
     encoder = _bn_layers(towers["pre_process"], towers["enc_tower"])
     decoder = _bn_layers(towers["dec_tower"], towers["post_process"])
     assert encoder and decoder
