@@ -16,7 +16,7 @@ from trainers import convert as convert_cli
 FIXTURE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
 # Outputs of the model loaded through a file vs. the fixture: same 1e-5 budget as
-# tests/test_parity.py (10x the reference's own float32 noise, see the fixtures README).
+# tests/test_parity.py (10x the official code's own float32 noise, measured there).
 REL_TOL = 1e-5
 OUTPUT_KEYS = ("logits", "kl", "log_q", "log_p", "recon_nll")
 
