@@ -21,4 +21,4 @@ from keras_nvae import (  # noqa: E402
 from keras_nvae.config import NVAEConfig  # noqa: E402
 from keras_nvae.model import NVAE  # noqa: E402
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -2,7 +2,7 @@
 
 Those files store the network the way the official code lists it (`enc_tower`,
 `dec_tower`, `enc_sampler`, `dec_sampler`, `nf_cells`, ... as attributes of the
-model), while `NVAE` now keeps the parts of each latent group in a
+model); from 0.2 `NVAE` keeps the parts of each latent group in a
 `LatentGroup`. Keras finds weights by the attribute path of their layer, so an
 old file is read through a view of the model that has the old attributes and
 the old order, then handed on to Keras in the current layout.
