@@ -129,7 +129,8 @@ def test_random_search_on_arrays_records_a_diverging_trial_as_failed(tmp_path):
     assert "non-finite" in trials[1e9].message
     good = trials[2e-3]
     assert good.status == "COMPLETED" and math.isfinite(good.score)
-    assert 5.0 < good.score < 9.0  # bits/dim of 8-bit images, trained a few steps
+    # A few steps in, the NELBO of 8-bit images is still near the 8 bits/dim of a uniform model.
+    assert 6.0 < good.score < 12.0
     # The best model reproduces its recorded score (same weights, fixed noise).
     best = tuner.get_best_models(1)[0]
     assert best.config.learning_rate == 2e-3

@@ -174,14 +174,14 @@ def make_tuner(hypermodel):
     )
     if FLAGS.tuner == "hyperband":
         return keras_tuner.Hyperband(
-            hypermodel, max_epochs=schedule_epochs(hypermodel), factor=FLAGS.hyperband_factor, **common
+            hypermodel, max_epochs=trial_epochs(hypermodel), factor=FLAGS.hyperband_factor, **common
         )
     if FLAGS.tuner == "bayesian":
         return keras_tuner.BayesianOptimization(hypermodel, max_trials=FLAGS.max_trials, **common)
     return keras_tuner.RandomSearch(hypermodel, max_trials=FLAGS.max_trials, **common)
 
 
-def schedule_epochs(hypermodel):
+def trial_epochs(hypermodel):
     """Epochs per trial: --epochs, else the preset's."""
     return FLAGS.epochs or hypermodel.base_config.epochs
 
@@ -404,7 +404,7 @@ def main(argv):
     hypermodel = make_hypermodel()
     train, validation = make_datasets(hypermodel.base_config)
     tuner = make_tuner(hypermodel)
-    tuner.search(train, validation_data=validation, epochs=schedule_epochs(hypermodel), verbose=2)
+    tuner.search(train, validation_data=validation, epochs=trial_epochs(hypermodel), verbose=2)
     if is_distributed_worker():
         logging.info("Worker %s finished.", os.environ.get("KERASTUNER_TUNER_ID"))
         return 0
