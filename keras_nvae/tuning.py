@@ -220,6 +220,22 @@ def _steps_per_epoch(data, batch_size, steps_per_epoch):
     return int(math.ceil(len(data) / batch_size))
 
 
+def _count_images(dataset):
+    """Images in a finite dataset of batches (one pass over it)."""
+    if int(dataset.cardinality()) == tf.data.INFINITE_CARDINALITY:
+        raise ValueError(
+            "NVAEHyperModel.fit cannot re-batch an infinite dataset for a searched batch_size; "
+            "pass a finite dataset (repeat it with `steps_per_epoch` outside the search) or do "
+            "not search batch_size."
+        )
+    return int(
+        dataset.reduce(
+            tf.constant(0, tf.int64),
+            lambda count, batch: count + tf.shape(tf.nest.flatten(batch)[0], tf.int64)[0],
+        )
+    )
+
+
 def _compile_for_schedule(model, total_steps, steps_per_epoch):
     """Compile with schedules over `total_steps`, keeping a built optimizer's state.
 
@@ -304,6 +320,7 @@ class NVAEHyperModel(keras_tuner.HyperModel):
             raise ValueError(f"`max_epochs` must be a positive int or None, got {max_epochs!r}.")
         self.max_epochs = max_epochs
         self.evaluation_seed = int(evaluation_seed)
+        self._image_counts = {}
         if search_space is None:
             search_space = {
                 name: spec
@@ -417,7 +434,11 @@ class NVAEHyperModel(keras_tuner.HyperModel):
         searched = "batch_size" in self.searched_values(hp)
         if isinstance(data, tf.data.Dataset):
             if searched:
-                data = data.rebatch(model.config.batch_size)
+                batch_size = model.config.batch_size
+                if id(data) not in self._image_counts:
+                    self._image_counts[id(data)] = _count_images(data)
+                steps = math.ceil(self._image_counts[id(data)] / batch_size)
+                data = data.rebatch(batch_size).apply(tf.data.experimental.assert_cardinality(steps))
             return data, None
         if data is None:
             raise ValueError("NVAEHyperModel.fit needs training data (`tuner.search(x, ...)`).")
