@@ -295,7 +295,7 @@ class NVAEHyperModel(keras_tuner.HyperModel):
     hypermodel = NVAEHyperModel(
         "tiny",
         search_space={"num_channels_enc": [8, 16], "learning_rate": {"min": 1e-3, "max": 1e-2}},
-        epochs=4,
+        num_flows=0,
     )
     tuner = keras_tuner.RandomSearch(
         hypermodel, objective=keras_tuner.Objective("val_bpd", "min"), max_trials=4
