@@ -22,9 +22,11 @@ from keras_nvae import tuning
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OBJECTIVE = keras_tuner.Objective("val_bpd", "min")
 # The `tiny` preset cut down further (one latent scale, one cell per block, no
-# flows): every trial traces a new train step, which dominates the test time.
+# flows, no squeeze-and-excitation): every trial traces a new train step, which
+# dominates the test time.
 SMALL = dict(
     num_latent_scales=1,
+    use_se=False,
     num_preprocess_cells=1,
     num_postprocess_cells=1,
     num_flows=0,
@@ -247,7 +249,7 @@ def _wait_for(condition, process, timeout):
 def interrupted_search(tmp_path_factory):
     """A program search whose first trial's process is killed (as by the
     out-of-memory killer), whose whole process is killed after the first
-    completed trial, and which is then run again to the end.
+    completed trial, and which is then run again (in-process trials) to the end.
 
     Returns:
         (project folder, output of the second run, trial_1's trial.json text
@@ -276,8 +278,9 @@ def interrupted_search(tmp_path_factory):
         first.wait()
     with open(os.path.join(project, "trial_1", "trial.json")) as file:
         completed = file.read()
+    # The restart trains in-process (both ways of running a trial are then used).
     second = subprocess.run(
-        command, cwd=directory, env=_environment(), capture_output=True, text=True, timeout=900
+        command[:-1], cwd=directory, env=_environment(), capture_output=True, text=True, timeout=900
     )
     assert second.returncode == 0, second.stderr[-3000:]
     return project, second.stdout + second.stderr, completed
@@ -358,3 +361,17 @@ def test_distributed_search_uses_both_workers(tmp_path):
         rows = list(csv.DictReader(file))
     assert [row["status"] for row in rows] == ["COMPLETED", "COMPLETED"]
     assert all(math.isfinite(float(row["val_bpd"])) for row in rows)
+
+
+def test_program_reports_a_bad_search_space_in_one_line(tmp_path):
+    space = os.path.join(tmp_path, "space.json")
+    with open(space, "w") as file:
+        json.dump({"num_chanels_enc": [8, 16]}, file)
+    result = subprocess.run(
+        _tune_command(tmp_path, "digits", f"--search_space={space}"),
+        cwd=tmp_path, env=_environment(), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 1
+    assert "unknown hyper-parameter name(s) ['num_chanels_enc']" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not os.path.exists(os.path.join(tmp_path, "p"))
