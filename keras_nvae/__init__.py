@@ -17,6 +17,7 @@ from keras_nvae import (  # noqa: E402
     objectives,
     optimizers,
     presets,
+    tuning,
 )
 from keras_nvae.config import NVAEConfig  # noqa: E402
 from keras_nvae.model import NVAE  # noqa: E402
