@@ -424,8 +424,10 @@ class NVAEHyperModel(keras_tuner.HyperModel):
                 f"the hyper-parameters {overrides} give an invalid configuration: {error}"
             ) from None
         model = NVAE(config)
-        model.compile()
-        # Built so that a checkpoint loaded before `fit` (Hyperband) restores it.
+        # The schedules' length is known only in `fit`, which compiles again and
+        # keeps this optimizer's state: an optimizer exists (and is built) now so
+        # that a checkpoint loaded before `fit` (Hyperband) restores it.
+        model.compile(total_steps=1)
         model.optimizer.build(model.trainable_variables)
         return model
 
