@@ -1,7 +1,6 @@
 """Tests for keras_nvae.flows (NVAE inverse-autoregressive flow cells)."""
 
 import math
-import pathlib
 
 import keras
 import numpy as np
@@ -9,6 +8,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from conftest import Reference
 from keras_nvae.flows import (
     IAFCell,
     IAFShiftBijector,
@@ -21,7 +21,6 @@ from keras_nvae.flows import (
 tfd = tfp.distributions
 
 H, W, N = 4, 4, 2
-FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "nvae_ref_cifar_tiny.npz"
 # Keras sublayer -> official parameter prefix inside `CellAR`.
 OFFICIAL_NAMES = {
     "conv_a": "conv.convz.0",
@@ -376,9 +375,9 @@ def official_cell(z, params, prefix, mirror):
 
 
 def test_matches_official_forward_with_reference_weights():
-    ref = np.load(FIXTURE)
-    params = {k: ref[k].astype(np.float64) for k in ref.files if "nf_cells.0." in k}
-    prefix = "param/nf_cells.0."
+    state_dict = Reference("cifar").state_dict
+    params = {k: v.astype(np.float64) for k, v in state_dict.items() if "nf_cells.0." in k}
+    prefix = "nf_cells.0."
     n = params[prefix + "cell1.mu.conv_0.bias"].shape[0]
     height, width = 5, 6
     paired = PairedIAFCell()

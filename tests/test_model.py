@@ -5,23 +5,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import fixed_noise
+from conftest import tiny_images
 from keras_nvae import NVAE, NVAEConfig
 
 RNG = np.random.RandomState(0)
-
-
-def tiny_images(n=8, seed=0):
-    return np.random.RandomState(seed).randint(0, 256, (n, 16, 16, 3)).astype("uint8")
-
-
-def fixed_noise(model, n, seed=1):
-    rng = np.random.RandomState(seed)
-    return [rng.randn(n, *shape).astype("float32") for shape in model.latent_shapes]
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return NVAE.from_preset("tiny")
 
 
 def test_forward_outputs_and_shapes(tiny):
