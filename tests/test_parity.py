@@ -96,6 +96,12 @@ def test_train_mode_outputs(ref, train_run, key):
 
 def test_kl_is_per_group(ref, eval_out):
     assert tuple(eval_out["kl"].shape) == (ref["x_uint8"].shape[0], ref.num_groups)
+    # Every group against its own scale: `test_eval_mode_outputs` measures all of them against
+    # the largest, which would let a wrong small group through.
+    for group in range(ref.num_groups):
+        _assert_close(
+            eval_out["kl"][:, group], ref["eval/kl"][:, group], f"{ref.name} eval kl[:, {group}]"
+        )
 
 
 def test_bn_running_statistics_after_train_pass(ref, train_run):
