@@ -229,8 +229,10 @@ def test_paired_bijector_transformed_distribution():
     flowed = tfd.TransformedDistribution(q, bijector)
     # `y` comes from the layer, so log_prob runs the (uncached) inverse.
     np.testing.assert_allclose(flowed.log_prob(y), q.log_prob(z0), rtol=1e-5)
-    sample = flowed.sample(seed=10)
+    # With a stateless seed the flowed sample is the layer applied to the base sample.
+    sample = flowed.sample(seed=[10, 0])
     assert sample.shape == (2, H, W, N)
+    np.testing.assert_allclose(sample, paired(q.sample(seed=[10, 0]))[0], atol=1e-6)
 
 
 def test_get_config_round_trip():
