@@ -71,7 +71,8 @@ def test_log_likelihood_is_at_least_the_elbo_on_average(tiny):
     x = tiny_images(2)
     num_samples = 8
     start = noise_seed_state(tiny).numpy()
-    iw = tiny.log_likelihood(x, num_samples=num_samples).numpy()
+    iw = tiny.log_likelihood(x, num_samples=num_samples, images_per_pass=len(x) * num_samples)
+    iw = iw.numpy()
     # The same seed state gives the importance samples as one forward pass over every image
     # repeated K times (K copies fit in one pass here); with flows (as in tiny) the KL is
     # log q - log p, so -(recon_nll + KL) is the log importance weight.
