@@ -19,6 +19,7 @@ from trainers import convert
 from trainers import evaluate
 from trainers import sample
 from trainers import train
+from trainers import tune
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = {
@@ -26,6 +27,7 @@ COMMANDS = {
     "nvae-evaluate": evaluate,
     "nvae-sample": sample,
     "nvae-convert": convert,
+    "nvae-tune": tune,
 }
 
 CI_FLAGS = [

@@ -1,9 +1,9 @@
 r"""Search NVAE hyper-parameters with KerasTuner and report the best model.
 
-Usage (from the repository root):
+Usage (`nvae-tune` is the installed command; `python -m trainers.tune` runs the same):
 ```
-python -m trainers.tune --preset digits --dataset digits --max_trials 20 --epochs 10
-python -m trainers.tune --preset tiny --dataset images.npz --tuner hyperband --epochs 9 \
+nvae-tune --preset digits --dataset digits --max_trials 20 --epochs 10
+nvae-tune --preset tiny --dataset images.npz --tuner hyperband --epochs 9 \
     --search_space space.json --trial_in_subprocess
 ```
 
@@ -20,17 +20,23 @@ choices, a range {"min": a, "max": b, "step": s, "sampling": "log"} or a fixed v
 Distributed search (KerasTuner's chief/worker mode over gRPC; all processes get the same flags
 and a shared --directory):
 ```
-KERASTUNER_TUNER_ID=chief KERASTUNER_ORACLE_IP=127.0.0.1 KERASTUNER_ORACLE_PORT=8000 python -m trainers.tune ...
-KERASTUNER_TUNER_ID=tuner0 KERASTUNER_ORACLE_IP=127.0.0.1 KERASTUNER_ORACLE_PORT=8000 python -m trainers.tune ...
+KERASTUNER_TUNER_ID=chief KERASTUNER_ORACLE_IP=127.0.0.1 KERASTUNER_ORACLE_PORT=8000 nvae-tune ...
+KERASTUNER_TUNER_ID=tuner0 KERASTUNER_ORACLE_IP=127.0.0.1 KERASTUNER_ORACLE_PORT=8000 nvae-tune ...
 ```
 The chief runs no trials; it writes the results when the workers have finished.
 
 An out-of-memory trial kills its process, which an in-process search cannot catch on a CPU:
 with --trial_in_subprocess every trial runs in a child process, and a killed child is recorded
 as a failed trial while the search goes on.
+
+The last line printed (to stdout; progress goes to the absl log on stderr) is the best trial's
+score, e.g. `best val_bpd: 5.1234 (trial 3); results in tuning/digits`. User errors (bad flags,
+overrides or search space, missing data, no completed trial) print one line to stderr and exit
+with 1.
 """
 
 import csv
+import functools
 import json
 import math
 import os
@@ -47,114 +53,186 @@ from absl import logging  # noqa: E402
 import keras  # noqa: E402
 import keras_tuner  # noqa: E402
 
-from keras_nvae import data  # noqa: E402
 from keras_nvae import presets  # noqa: E402
 from keras_nvae import tuning  # noqa: E402
+from keras_nvae.config import parse_overrides  # noqa: E402
+from trainers import CommandLineError  # noqa: E402
+from trainers import load_dataset  # noqa: E402
+from trainers import one_line  # noqa: E402
+from trainers import parse_absl_flags  # noqa: E402
+from trainers import run_main  # noqa: E402
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("preset", "digits", "Model preset, one of NVAE.presets.")
+# A private FlagValues (the convention of trainers/): importing this program next to the others,
+# which also define e.g. --preset or --dataset, never clashes; `main` parses it.
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("preset", "digits", "Model preset, one of NVAE.presets.", flag_values=FLAGS)
 flags.DEFINE_string(
     "dataset",
     "digits",
     "Data source for keras_nvae.data.make_dataset: 'digits', a TensorFlow Datasets name, a "
     "folder of images, or a .npy/.npz file (arrays named 'train' and --eval_split).",
+    flag_values=FLAGS,
 )
-flags.DEFINE_string("data_dir", None, "TensorFlow Datasets data directory.")
-flags.DEFINE_string("eval_split", "test", "Split the objective val_bpd is computed on.")
-flags.DEFINE_enum("tuner", "random", ["random", "hyperband", "bayesian"], "Search algorithm.")
+flags.DEFINE_string("data_dir", None, "TensorFlow Datasets data directory.", flag_values=FLAGS)
+flags.DEFINE_string(
+    "eval_split", "test", "Split the objective val_bpd is computed on.", flag_values=FLAGS
+)
+flags.DEFINE_enum(
+    "tuner", "random", ["random", "hyperband", "bayesian"], "Search algorithm.", flag_values=FLAGS
+)
 flags.DEFINE_integer(
-    "max_trials", 10, "Trials to run (random, bayesian; Hyperband runs its brackets).", lower_bound=1
+    "max_trials",
+    10,
+    "Trials to run (random, bayesian; Hyperband runs its brackets).",
+    lower_bound=1,
+    flag_values=FLAGS,
 )
 flags.DEFINE_integer(
-    "epochs", None, "Epochs per trial (Hyperband: max_epochs); default the preset's.", lower_bound=1
+    "epochs",
+    None,
+    "Epochs per trial (Hyperband: max_epochs); default the preset's.",
+    lower_bound=1,
+    flag_values=FLAGS,
 )
-flags.DEFINE_integer("hyperband_factor", 3, "Hyperband's reduction factor.", lower_bound=2)
-flags.DEFINE_string("directory", "tuning", "Folder of the search state and results.")
-flags.DEFINE_string("project_name", None, "Sub-folder of --directory (default: the preset).")
-flags.DEFINE_string("search_space", None, "JSON file of the search space.")
+flags.DEFINE_integer(
+    "hyperband_factor", 3, "Hyperband's reduction factor.", lower_bound=2, flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "directory", "tuning", "Folder of the search state and results.", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "project_name", None, "Sub-folder of --directory (default: the preset).", flag_values=FLAGS
+)
+flags.DEFINE_string("search_space", None, "JSON file of the search space.", flag_values=FLAGS)
 flags.DEFINE_multi_string(
-    "override", [], "NVAEConfig field fixed for every trial, key=value (value as JSON)."
+    "override",
+    [],
+    "NVAEConfig field fixed for every trial, key=value (value parsed as JSON, else a string). "
+    "Repeatable.",
+    flag_values=FLAGS,
 )
-flags.DEFINE_bool("overwrite", False, "Delete an earlier search in the folder and start afresh.")
-flags.DEFINE_integer(
-    "max_consecutive_failed_trials", 3, "Stop after this many failed trials in a row.", lower_bound=1
-)
-flags.DEFINE_integer("max_train_batches", None, "Cap on training batches per epoch.", lower_bound=1)
-flags.DEFINE_integer("max_eval_batches", None, "Cap on validation batches.", lower_bound=1)
-flags.DEFINE_integer("seed", 0, "Seed of the search, weights and shuffling.")
 flags.DEFINE_bool(
-    "trial_in_subprocess", False, "Run every trial in a child process (survives out-of-memory)."
+    "overwrite",
+    False,
+    "Delete an earlier search in the folder and start afresh.",
+    flag_values=FLAGS,
 )
-flags.DEFINE_string("run_trial", None, "Internal: run one trial described in this folder.")
+flags.DEFINE_integer(
+    "max_consecutive_failed_trials",
+    3,
+    "Stop after this many failed trials in a row.",
+    lower_bound=1,
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "max_train_batches",
+    None,
+    "Cap on training batches per epoch.",
+    lower_bound=1,
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "max_eval_batches", None, "Cap on validation batches.", lower_bound=1, flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "seed", 0, "Seed of the search, weights and shuffling.", flag_values=FLAGS
+)
+flags.DEFINE_bool(
+    "trial_in_subprocess",
+    False,
+    "Run every trial in a child process (survives out-of-memory).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_string(
+    "run_trial", None, "Internal: run one trial described in this folder.", flag_values=FLAGS
+)
 
 OBJECTIVE = "val_bpd"
 
 
-def parse_overrides(pairs):
-    """`key=value` strings to a dict, values parsed as JSON (else kept as strings)."""
-    overrides = {}
-    for pair in pairs:
-        key, separator, text = pair.partition("=")
-        if not separator or not key.strip():
-            raise app.UsageError(f"--override expects key=value, got {pair!r}.")
-        try:
-            overrides[key.strip()] = json.loads(text)
-        except json.JSONDecodeError:
-            overrides[key.strip()] = text
-    return overrides
-
-
 def load_search_space(path):
-    """The --search_space JSON object, or None for the default space."""
+    """The --search_space JSON object, or None for the default space.
+
+    Raises:
+        CommandLineError: an unreadable file or one without a JSON object.
+    """
     if path is None:
         return None
     try:
         with open(path) as file:
             space = json.load(file)
     except (OSError, json.JSONDecodeError) as error:
-        raise app.UsageError(f"--search_space {path!r}: {error}") from None
+        raise CommandLineError(f"--search_space {path!r}: {one_line(error)}") from None
     if not isinstance(space, dict):
-        raise app.UsageError(f"--search_space {path!r} must hold a JSON object.")
+        raise CommandLineError(f"--search_space {path!r} must hold a JSON object.")
     return space
 
 
-def make_hypermodel():
-    """The `NVAEHyperModel` the flags describe (runs trials in child processes with
-    --trial_in_subprocess)."""
-    cls = SubprocessHyperModel if FLAGS.trial_in_subprocess else tuning.NVAEHyperModel
-    overrides = parse_overrides(FLAGS.override)
+def trial_command(program_args):
+    """The command line of a child process that runs one trial.
+
+    Args:
+        program_args: this program's command line without `argv[0]`.
+
+    Returns:
+        The program re-run with the same flags (and absl verbosity); the
+        caller appends `--run_trial=<folder>`.
+    """
+    args = [arg for arg in program_args if not arg.startswith("--run_trial")]
+    return [
+        sys.executable,
+        "-m",
+        "trainers.tune",
+        *args,
+        f"--verbosity={logging.get_verbosity()}",
+    ]
+
+
+def make_hypermodel(program_args):
+    """The `NVAEHyperModel` the flags describe.
+
+    Args:
+        program_args: this program's command line without `argv[0]`; with
+            --trial_in_subprocess every trial re-runs it in a child process.
+
+    Returns:
+        A `SubprocessHyperModel` with --trial_in_subprocess (except in the child
+        itself), a `keras_nvae.tuning.NVAEHyperModel` otherwise.
+
+    Raises:
+        CommandLineError: bad overrides, preset or search space.
+    """
     try:
+        overrides = parse_overrides(FLAGS.override)
         epochs = FLAGS.epochs or presets.preset_config(FLAGS.preset, **overrides).epochs
-        return cls(
-            FLAGS.preset,
+        options = dict(
             search_space=load_search_space(FLAGS.search_space),
             max_epochs=epochs if FLAGS.tuner == "hyperband" else None,
             **overrides,
         )
+        if FLAGS.trial_in_subprocess and not FLAGS.run_trial:
+            return SubprocessHyperModel(trial_command(program_args), FLAGS.preset, **options)
+        return tuning.NVAEHyperModel(FLAGS.preset, **options)
     except ValueError as error:
-        raise app.UsageError(str(error)) from None
+        raise CommandLineError(one_line(error)) from None
 
 
 def make_datasets(config):
-    """(train, validation) pipelines batched by the configuration's batch size."""
-    arrays = FLAGS.dataset == "digits" or FLAGS.dataset.lower().endswith((".npy", ".npz"))
-    common = dict(
-        batch_size=config.batch_size,
-        data_dir=FLAGS.data_dir,
-        seed=FLAGS.seed,
-        image_size=None if arrays else config.image_shape[0],
+    """(train, validation) pipelines batched by the configuration's batch size.
+
+    Raises:
+        CommandLineError: unknown, missing or mismatched data (see
+            `trainers.load_dataset`).
+    """
+    common = dict(batch_size=config.batch_size, data_dir=FLAGS.data_dir, seed=FLAGS.seed)
+    hint = (
+        f"Pick a matching --preset (now {FLAGS.preset!r}) or "
+        "--override image_shape=[height,width,channels]."
     )
-    try:
-        train = data.make_dataset(FLAGS.dataset, "train", **common)
-        validation = data.make_dataset(FLAGS.dataset, FLAGS.eval_split, shuffle=False, **common)
-    except (ValueError, OSError) as error:
-        raise app.UsageError(f"--dataset {FLAGS.dataset!r}: {error}") from None
-    shape = tuple(train.element_spec.shape[1:])
-    if shape != tuple(config.image_shape):
-        raise app.UsageError(
-            f"--dataset {FLAGS.dataset!r} yields images of shape {shape}; preset "
-            f"{FLAGS.preset!r} expects {tuple(config.image_shape)}."
-        )
+    train = load_dataset(FLAGS.dataset, "train", config.image_shape, hint=hint, **common)
+    validation = load_dataset(
+        FLAGS.dataset, FLAGS.eval_split, config.image_shape, hint=hint, shuffle=False, **common
+    )
     if FLAGS.max_train_batches:
         train = train.take(FLAGS.max_train_batches)
     if FLAGS.max_eval_batches:
@@ -248,7 +326,9 @@ def write_outputs(tuner):
     write_results(rows, directory)
     best = [row for row in rows if row["status"] == "COMPLETED" and row[OBJECTIVE] is not None]
     if not best:
-        raise app.UsageError(f"no trial completed; see {os.path.join(directory, 'results.md')}.")
+        raise CommandLineError(
+            f"no trial completed; see {os.path.join(directory, 'results.md')}."
+        )
     with open(os.path.join(directory, "best_hyperparameters.json"), "w") as file:
         json.dump(
             {
@@ -296,7 +376,22 @@ class SubprocessHyperModel(tuning.NVAEHyperModel):
 
     A child killed by the system (out of memory) is a failed trial instead of
     the end of the search.
+
+    Args:
+        trial_command: the child's command line (see `trial_command`);
+            `--run_trial=<folder>` is appended per trial.
+        preset: name of a built-in preset.
+        **kwargs: the other `NVAEHyperModel` arguments.
+
+    Example:
+    ```python
+    hypermodel = SubprocessHyperModel(trial_command(["--preset=tiny"]), "tiny")
+    ```
     """
+
+    def __init__(self, trial_command, preset, **kwargs):
+        super().__init__(preset, **kwargs)
+        self.trial_command = list(trial_command)
 
     def fit(self, hp, model, *args, **kwargs):
         with tempfile.TemporaryDirectory(prefix="nvae_trial_") as work:
@@ -311,13 +406,13 @@ class SubprocessHyperModel(tuning.NVAEHyperModel):
                     },
                     file,
                 )
-            result = run_child(work)
+            result = run_child(self.trial_command, work)
             model.load_weights(os.path.join(work, _BEST_WEIGHTS))
         return replay_epochs(model, result["history"], kwargs.get("callbacks"), initial_epoch)
 
 
-def run_child(work):
-    """Run `--run_trial=work` with this program's flags; returns its result.
+def run_child(command, work):
+    """Run `command --run_trial=work`; returns the trial's result.
 
     Raises:
         keras_tuner.errors.FailedTrialError: the child was killed, crashed or
@@ -327,9 +422,7 @@ def run_child(work):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
     for name in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"):
         env.pop(name, None)
-    argv = [arg for arg in sys.argv[1:] if not arg.startswith("--run_trial")]
-    command = [sys.executable, "-m", "trainers.tune", *argv, f"--run_trial={work}"]
-    status = subprocess.run(command, env=env).returncode
+    status = subprocess.run([*command, f"--run_trial={work}"], env=env).returncode
     if status < 0:
         raise keras_tuner.errors.FailedTrialError(
             f"the trial's process was killed by {signal.Signals(-status).name} "
@@ -347,11 +440,15 @@ def run_child(work):
     return result
 
 
-def run_trial(work):
-    """Child process: train the trial described in `work`, write its result there."""
+def run_trial(work, hypermodel):
+    """Child process: train the trial described in `work`, write its result there.
+
+    Args:
+        work: the folder `SubprocessHyperModel.fit` prepared.
+        hypermodel: the in-process `NVAEHyperModel` of the flags.
+    """
     with open(os.path.join(work, _REQUEST)) as file:
         request = json.load(file)
-    hypermodel = make_hypermodel()
     hp = keras_tuner.HyperParameters.from_config(request["hyperparameters"])
     train, validation = make_datasets(hypermodel.base_config)
     checkpoint = keras.callbacks.ModelCheckpoint(
@@ -364,8 +461,7 @@ def run_trial(work):
     try:
         model = hypermodel.build(hp)
         model.load_weights(os.path.join(work, _INITIAL_WEIGHTS))
-        history = tuning.NVAEHyperModel.fit(
-            hypermodel,
+        history = hypermodel.fit(
             hp,
             model,
             train,
@@ -394,27 +490,50 @@ def is_distributed_worker():
     )
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}.")
+def tune(program_args):
+    """Search as the flags say; raises `CommandLineError` for user errors.
+
+    Args:
+        program_args: the command line without `argv[0]`, which trials in
+            child processes (--trial_in_subprocess) re-run.
+    """
     keras.utils.set_random_seed(FLAGS.seed)
+    hypermodel = make_hypermodel(program_args)
     if FLAGS.run_trial:
-        run_trial(FLAGS.run_trial)
-        return 0
-    hypermodel = make_hypermodel()
+        run_trial(FLAGS.run_trial, hypermodel)
+        return
     train, validation = make_datasets(hypermodel.base_config)
     tuner = make_tuner(hypermodel)
+    logging.info(
+        "Searching preset %r on %r with the %s tuner, %d epoch(s) per trial; state in %s",
+        FLAGS.preset,
+        FLAGS.dataset,
+        FLAGS.tuner,
+        trial_epochs(hypermodel),
+        tuner.project_dir,
+    )
     tuner.search(train, validation_data=validation, epochs=trial_epochs(hypermodel), verbose=2)
     if is_distributed_worker():
         logging.info("Worker %s finished.", os.environ.get("KERASTUNER_TUNER_ID"))
-        return 0
+        return
     write_outputs(tuner)
-    return 0
+
+
+def main(argv):
+    """Run the search on a command line (`argv[0]` is the program).
+
+    `run` passes the command line without absl's own flags (see
+    `trainers.parse_absl_flags`); tests call `main` in-process.
+
+    Returns:
+        The exit status: 0 on success, 1 on a user error (one line on stderr).
+    """
+    return run_main(functools.partial(tune, list(argv[1:])), FLAGS, argv, __doc__)
 
 
 def run():
-    """Console-script entry point (`nvae-tune`)."""
-    app.run(main)
+    """The `nvae-tune` command: `main` as an `absl.app` program."""
+    app.run(main, flags_parser=parse_absl_flags)
 
 
 if __name__ == "__main__":
