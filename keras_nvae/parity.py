@@ -50,13 +50,8 @@ TRAJECTORY_STATE_TOLERANCE = 1e-3
 SPECTRAL_ITERATIONS = 1000
 
 OUTPUT_KEYS = ("logits", "kl", "log_q", "log_p", "recon_nll")
-STEP_TERMS = {
-    "loss": "loss",
-    "recon": "recon",
-    "kl": "kl",
-    "spectral": "spectral",
-    "bn_reg": "bn_reg",
-}
+# Recorded per step, with the names `compute_objective` gives them.
+STEP_TERMS = ("loss", "recon", "kl", "spectral", "bn_reg")
 
 
 class FixtureError(ValueError):
@@ -339,8 +334,8 @@ def check_trajectory(path):
         )
         steps.append(
             {
-                name: relative_error(terms[ours], fixture[f"step{step:02d}/{name}"])
-                for name, ours in STEP_TERMS.items()
+                name: relative_error(terms[name], fixture[f"step{step:02d}/{name}"])
+                for name in STEP_TERMS
             }
         )
     errors = _state_errors(model, fixture.state_dict("final/"))
