@@ -81,7 +81,9 @@ class Fixture:
 
     Raises:
         FixtureError: the file is missing, not an `.npz`, or lacks the keys
-            of either fixture kind.
+            of either fixture kind; later, from the methods: a missing array,
+            flags the library cannot build, or a state dict that does not fit
+            them.
 
     Example:
 
@@ -98,7 +100,10 @@ class Fixture:
             raise FixtureError(f"cannot read {self.path!r} as an .npz file: {error}") from None
         if "config_json" not in self.arrays:
             raise FixtureError(f"{self.path!r} has no 'config_json': not a parity fixture.")
-        self.args = json.loads(str(self.arrays["config_json"]))
+        try:
+            self.args = dict(json.loads(str(self.arrays["config_json"])))
+        except (ValueError, TypeError) as error:
+            raise FixtureError(f"{self.path!r}: 'config_json' is not a JSON object: {error}") from None
         if any(key.startswith("param/") for key in self.arrays):
             self.kind = "forward"
         elif any(key.startswith("init/") for key in self.arrays):
@@ -109,7 +114,10 @@ class Fixture:
             )
 
     def __getitem__(self, key):
-        return self.arrays[key]
+        try:
+            return self.arrays[key]
+        except KeyError:
+            raise FixtureError(f"{self.path!r} lacks the array {key!r}.") from None
 
     def state_dict(self, prefix):
         """{official name: array} of the keys under `prefix` (e.g. "param/")."""
@@ -121,12 +129,15 @@ class Fixture:
 
     def noise(self, prefix, num_groups):
         """The recorded noise `<prefix>eps_KK` of every latent group, top first."""
-        return [self.arrays[f"{prefix}eps_{k:02d}"] for k in range(num_groups)]
+        return [self[f"{prefix}eps_{k:02d}"] for k in range(num_groups)]
 
     def config(self, **overrides):
         """The `NVAEConfig` of the recorded flags (official DMoL unless overridden)."""
         overrides.setdefault("official_dmol", True)
-        return convert.config_from_official_args(self.args, **overrides)
+        try:
+            return convert.config_from_official_args(self.args, **overrides)
+        except ValueError as error:
+            raise FixtureError(f"{self.path!r}: {error}") from None
 
     def build_model(self, prefix, seed=0, **overrides):
         """A fresh `NVAE` from the recorded flags, loaded with the state under `prefix`.
@@ -139,12 +150,18 @@ class Fixture:
 
         Returns:
             The `keras_nvae.NVAE`.
+
+        Raises:
+            FixtureError: unsupported flags, or a state dict that does not fit them.
         """
         from keras_nvae.model import NVAE
 
         keras.utils.set_random_seed(seed)
         model = NVAE(self.config(**overrides))
-        return convert.load_official_state_dict(model, self.state_dict(prefix))
+        try:
+            return convert.load_official_state_dict(model, self.state_dict(prefix))
+        except convert.CheckpointError as error:
+            raise FixtureError(f"{self.path!r}: {error}") from None
 
 
 def check(path):
@@ -282,16 +299,26 @@ def _objective_errors(model, fixture):
 
 
 def _state_errors(model, state_dict, prefix=""):
-    """{prefix + official name: relative error} of the model's tensors against `state_dict`."""
+    """{prefix + official name: relative error} of the model's tensors against `state_dict`.
+
+    Official tensors the model does not hold (`num_batches_tracked`, buffers
+    that duplicate another tensor) are left out; see `_uncompared`.
+    """
     targets = convert.official_name_map(model)
     errors = {}
     for name, value in state_dict.items():
         variable, transform = targets[name]
-        if isinstance(variable, str):  # num_batches_tracked, or a duplicate of another tensor
+        if isinstance(variable, str):
             continue
         expected = transform(value) if transform is not None else value
         errors[prefix + name] = relative_error(keras.ops.convert_to_numpy(variable), expected)
     return errors
+
+
+def _uncompared(model, state_dict):
+    """Names in `state_dict` that `_state_errors` leaves out."""
+    targets = convert.official_name_map(model)
+    return sorted(name for name in state_dict if isinstance(targets[name][0], str))
 
 
 # ---------------------------------------------------------------- trajectory
@@ -311,7 +338,8 @@ def check_trajectory(path):
         dict: "kind", "fixture", "tolerances", "steps" (per step: the
         relative error of loss, recon, kl, spectral and bn_reg), "final_state"
         ("max_error", "worst_tensor", "errors": relative error per official
-        tensor name, largest first), "max_step_error" and "passed".
+        tensor name, largest first, "not_compared": step counters and buffers
+        that duplicate a compared tensor), "max_step_error" and "passed".
     """
     fixture = _as_fixture(path, "trajectory")
     model = fixture.build_model("init/")
@@ -338,7 +366,8 @@ def check_trajectory(path):
                 for name in STEP_TERMS
             }
         )
-    errors = _state_errors(model, fixture.state_dict("final/"))
+    final = fixture.state_dict("final/")
+    errors = _state_errors(model, final)
     errors = dict(sorted(errors.items(), key=lambda item: -item[1]))
     worst = next(iter(errors))
     max_step_error = max(max(step.values()) for step in steps)
@@ -355,6 +384,11 @@ def check_trajectory(path):
         },
         "steps": steps,
         "max_step_error": max_step_error,
-        "final_state": {"max_error": errors[worst], "worst_tensor": worst, "errors": errors},
+        "final_state": {
+            "max_error": errors[worst],
+            "worst_tensor": worst,
+            "errors": errors,
+            "not_compared": _uncompared(model, final),
+        },
         "passed": bool(passed),
     }
