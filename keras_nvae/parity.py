@@ -103,7 +103,9 @@ class Fixture:
         try:
             self.args = dict(json.loads(str(self.arrays["config_json"])))
         except (ValueError, TypeError) as error:
-            raise FixtureError(f"{self.path!r}: 'config_json' is not a JSON object: {error}") from None
+            raise FixtureError(
+                f"{self.path!r}: 'config_json' is not a JSON object: {error}"
+            ) from None
         if any(key.startswith("param/") for key in self.arrays):
             self.kind = "forward"
         elif any(key.startswith("init/") for key in self.arrays):
@@ -268,7 +270,9 @@ def _spectral_errors(model, fixture):
         name: np.linalg.svd(np.asarray(conv.spectral_matrix(), np.float64), compute_uv=False)[0]
         for name, conv in zip(spectral_names(model), model._conv_layers)
     }
-    reference = dict(zip((str(n) for n in fixture["loss/spectral_names"]), fixture["loss/spectral_values"]))
+    reference = dict(
+        zip((str(n) for n in fixture["loss/spectral_names"]), fixture["loss/spectral_values"])
+    )
     names = {
         "missing": sorted(set(reference) - set(ours)),
         "extra": sorted(set(ours) - set(reference)),

@@ -287,9 +287,14 @@ class NVAETrainer:
 
         >>> model.converge_spectral(1000)
         """
-        return self.spectral_regularizer.converge(
-            spectral_matrices(self._conv_layers), iterations
+        # One graph: run eagerly, the loop would dispatch every op of every
+        # iteration from Python.
+        converge = tf.function(
+            lambda: self.spectral_regularizer.converge(
+                spectral_matrices(self._conv_layers), iterations
+            )
         )
+        return converge()
 
     def _elbo_terms(self, out):
         """Batch means of the NELBO, its two parts, and its bits/dim."""

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from trainers import convert
 from trainers import evaluate
+from trainers import parity
 from trainers import sample
 from trainers import train
 
@@ -26,6 +27,7 @@ COMMANDS = {
     "nvae-evaluate": evaluate,
     "nvae-sample": sample,
     "nvae-convert": convert,
+    "nvae-parity": parity,
 }
 
 CI_FLAGS = [
