@@ -229,11 +229,6 @@ class NVAETrainer:
             dict with "loss" (what is minimised), "nelbo", "recon", "kl",
             "bpd", "active_groups", "kl_coeff", "spectral", "bn_reg",
             "reg_coeff", "kl_per_group", "kl_coeffs".
-
-        Example:
-
-        >>> terms = model.compute_objective(images, kl_coeff=0.5, reg_coeff=0.1)
-        >>> float(terms["loss"])
         """
         c = self.config
         out = self(images, training=training, noise=noise)
@@ -385,22 +380,10 @@ class NVAETrainer:
                 "model.compile(optimizer=keras_nvae.optimizers.NVAEAdamax(...)) first."
             )
         if learning_rate is not None:
-            self._set_constant_learning_rate(learning_rate)
+            _set_learning_rate(self.optimizer, learning_rate)
         if not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
         return self._train_update(images, noise=noise, kl_coeff=kl_coeff, reg_coeff=reg_coeff)
-
-    def _set_constant_learning_rate(self, learning_rate):
-        try:
-            self.optimizer.learning_rate = float(learning_rate)
-        except TypeError:
-            raise ValueError(
-                "NVAE.replay_step(learning_rate=...) sets the optimizer's learning "
-                "rate, but this optimizer follows a LearningRateSchedule. Compile "
-                "with an optimizer built with a float learning rate, e.g. "
-                "model.compile(optimizer=keras_nvae.optimizers.NVAEAdamax(1e-2)), or "
-                "pass learning_rate=None."
-            ) from None
 
     def test_step(self, data):
         images = inputs.unpack_images(data)
@@ -433,6 +416,20 @@ class NVAETrainer:
             # shape-(1,) values gives back scalars.
             logs = {name: tf.reshape(value, (1,)) for name, value in logs.items()}
         return logs
+
+
+def _set_learning_rate(optimizer, learning_rate):
+    """Assign a float learning rate; a clear error when `optimizer` follows a schedule."""
+    try:
+        optimizer.learning_rate = float(learning_rate)
+    except TypeError:
+        raise ValueError(
+            "NVAE.replay_step(learning_rate=...) sets the optimizer's learning "
+            "rate, but this optimizer follows a LearningRateSchedule. Compile "
+            "with an optimizer built with a float learning rate, e.g. "
+            "model.compile(optimizer=keras_nvae.optimizers.NVAEAdamax(1e-2)), or "
+            "pass learning_rate=None."
+        ) from None
 
 
 def _flatten(modules):
