@@ -16,6 +16,7 @@ from keras_nvae import (  # noqa: E402
     layers,
     objectives,
     optimizers,
+    parity,
     presets,
     tuning,
 )

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from trainers import convert
 from trainers import evaluate
+from trainers import parity
 from trainers import sample
 from trainers import train
 from trainers import tune
@@ -28,6 +29,7 @@ COMMANDS = {
     "nvae-sample": sample,
     "nvae-convert": convert,
     "nvae-tune": tune,
+    "nvae-parity": parity,
 }
 
 CI_FLAGS = [
