@@ -559,7 +559,7 @@ def test_cli_refuses_unsafe_and_non_nvae_pt_in_one_line(tmp_path, cli, capsys, k
     assert status == 1
     assert len(lines) == 1, lines
     expected = "Refused to load" if kind == "crafted" else "holds a list, not an official NVAE"
-    assert lines[0].startswith("convert.py: error: ") and expected in lines[0], lines[0]
+    assert lines[0].startswith("convert: error: ") and expected in lines[0], lines[0]
     assert not marker.exists() and not output.exists()
 
 
