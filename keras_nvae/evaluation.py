@@ -7,7 +7,9 @@ from keras_nvae import distributions
 from keras_nvae import inputs
 
 
-def bits_per_dim(model, dataset, num_samples=1000, max_batches=None, images_per_pass=None):
+def bits_per_dim(
+    model, dataset, num_samples=1000, max_batches=None, images_per_pass=None, seed=None
+):
     """Importance-weighted negative log-likelihood of a dataset.
 
     Every image gets `num_samples` importance samples from the posterior, with
@@ -28,6 +30,8 @@ def bits_per_dim(model, dataset, num_samples=1000, max_batches=None, images_per_
         images_per_pass: optional int, the most images (batch size times
             samples) one forward pass sees, though always at least one copy
             of the batch. Default: twice the model's training batch size.
+        seed: optional int: the importance samples are a function of it (and
+            of the batch order). Default: the model's seed stream.
 
     Returns:
         dict with `"nll_nats"` (mean negative log-likelihood per image in nats,
@@ -55,8 +59,9 @@ def bits_per_dim(model, dataset, num_samples=1000, max_batches=None, images_per_
             isinstance(value, bool) or not isinstance(value, int) or value < 1
         ):
             raise ValueError(f"`{name}` must be a positive int or None, got {value!r}.")
+    seeds = None if seed is None else keras.random.SeedGenerator(seed)
     log_likelihood = tf.function(
-        lambda images: model.log_likelihood(images, num_samples, images_per_pass),
+        lambda images: model.log_likelihood(images, num_samples, images_per_pass, seeds),
         reduce_retracing=True,
     )
     total_nll = 0.0
@@ -93,10 +98,12 @@ def readjust_bn(model, temperature=0.7, steps=500, batch_size=16, seed=None):
 
     Args:
         model: an `NVAE`.
-        temperature: prior temperature of the samples (> 0).
+        temperature: prior temperature of the samples: a float > 0, or a
+            list of one per latent group.
         steps: number of sampling passes (the official code uses 500).
         batch_size: samples per pass (official: 16 when sampling).
-        seed: optional int for reproducible statistics.
+        seed: optional int for reproducible statistics. Default: a seed
+            drawn from Keras' global seed (`keras.utils.set_random_seed`).
 
     Returns:
         `model`, with re-adjusted decoder BN statistics.
@@ -112,13 +119,11 @@ def readjust_bn(model, temperature=0.7, steps=500, batch_size=16, seed=None):
     images = model.sample(16, temperature=0.7)
     ```
     """
-    if not float(temperature) > 0:
-        raise ValueError(f"`temperature` must be > 0, got {temperature!r}.")
+    temperature = inputs.check_temperature(temperature, model.num_groups)
     for name, value in (("steps", steps), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
     seed_generator = keras.random.SeedGenerator(seed)
-    temperature = float(temperature)
 
     @tf.function
     def sampling_pass():
