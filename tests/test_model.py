@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from keras_nvae import NVAE, NVAEConfig
+from keras_nvae.layers.conv import spectral_matrices
 
 RNG = np.random.RandomState(0)
 
@@ -153,7 +154,15 @@ def test_objective_terms(tiny):
     # Before training the KL coefficient sits at its minimum (1e-4).
     assert float(terms["kl_coeff"]) == pytest.approx(1e-4)
     assert float(terms["bn_reg"]) == pytest.approx(len(tiny._bn_layers))  # all gammas are 1
-    assert float(terms["spectral"]) > 0
+    # Without training the regulariser reads its stored (random) power-iteration
+    # vectors: the sum of u^T W v over the convolutions, whatever its sign.
+    regularizer = tiny.spectral_regularizer
+    matrices = [m.numpy() for m in spectral_matrices(tiny._conv_layers)]
+    expected = sum(
+        np.einsum("nr,nrc,nc->", u.numpy(), np.stack([matrices[i] for i in indices]), v.numpy())
+        for indices, u, v in zip(regularizer._group_indices, regularizer._u, regularizer._v)
+    )
+    assert float(terms["spectral"]) == pytest.approx(expected, rel=1e-4, abs=1e-4)
     assert float(terms["nelbo"]) == pytest.approx(float(terms["recon"] + terms["kl"]), rel=1e-5)
 
 
