@@ -115,6 +115,12 @@ def slerp(a, b, weights):
     return tf.reshape(coeff_a, shape) * a[:, None] + tf.reshape(coeff_b, shape) * b[:, None]
 
 
+def posterior_group_rows(num_groups):
+    """The k of a partial-posterior grid's rows: 0, 1, 2, 4, ..., and all groups."""
+    rows = [0] + [2**i for i in range(num_groups.bit_length()) if 2**i < num_groups]
+    return rows + [num_groups]
+
+
 def check_interpolation_arguments(x1, x2, num_steps, groups, mode, num_groups):
     """Validate `NVAENetwork.interpolate`'s arguments.
 
@@ -129,7 +135,8 @@ def check_interpolation_arguments(x1, x2, num_steps, groups, mode, num_groups):
             "`x1` and `x2` must be image batches of the same shape (pairs x1[i], x2[i]), "
             f"got {tuple(np.shape(x1))} and {tuple(np.shape(x2))}."
         )
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 2:
+    integer = isinstance(num_steps, (int, np.integer)) and not isinstance(num_steps, bool)
+    if not integer or num_steps < 2:
         raise ValueError(
             f"`num_steps` must be an int >= 2 (the path's images, both ends included), "
             f"got {num_steps!r}."

@@ -54,7 +54,10 @@ def run(tmp_path_factory):
         (output directory, stdout of the completed run).
     """
     output_dir = str(tmp_path_factory.mktemp("run"))
-    argv = ["train", "--epochs=2", f"--output_dir={output_dir}", *CI_FLAGS]
+    argv = [
+        "train", "--epochs=2", "--pictures_every_n_epochs=2", f"--output_dir={output_dir}",
+        *CI_FLAGS,
+    ]
     make_callbacks = train.make_callbacks
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(
@@ -96,6 +99,22 @@ def test_train_writes_outputs_and_reports(run):
     assert metrics["config"]["epochs"] == 2
     assert os.path.isfile(os.path.join(output_dir, "model.keras"))
     assert os.listdir(os.path.join(output_dir, "logs"))
+
+
+def test_train_writes_pictures_to_tensorboard(run):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    output_dir, _ = run
+    events = event_accumulator.EventAccumulator(os.path.join(output_dir, "logs", "latents"))
+    events.Reload()
+    tags = events.Tags()["tensors"]
+    for tag in ("reconstructions", "samples/temperature_0.6", "samples/temperature_1"):
+        (event,) = events.Tensors(tag)  # once, after epoch 2
+        grid = tf.io.decode_png(tf.make_ndarray(event.tensor_proto)[2]).numpy()
+        assert event.step == 2 and grid.shape[-1] == 1, tag
+    # The digits preset's 3 groups: a KL scalar each, the histogram, active groups.
+    expected = {"kl/group_0", "kl/group_1", "kl/group_2", "kl/per_group", "kl/active_groups"}
+    assert expected <= set(tags)
 
 
 def test_train_resumes_after_interruption(run):

@@ -121,10 +121,11 @@ def temperature():
 
 def posterior_rows(num_groups):
     """The k of each reconstruction row: --num_posterior_groups or 0, 1, 2, 4, ..., all."""
+    from keras_nvae import latents
+
     if FLAGS.num_posterior_groups is not None:
         return _numbers("num_posterior_groups", int)
-    rows = [0] + [2**i for i in range(num_groups.bit_length()) if 2**i < num_groups]
-    return rows + [num_groups]
+    return latents.posterior_group_rows(num_groups)
 
 
 def dataset_images(model, count):
