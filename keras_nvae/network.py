@@ -355,7 +355,8 @@ class NVAENetwork(keras.Model):
         def eps(index):
             if noise is not None:
                 return noise[index]
-            return self._standard_normal(batch_size, self.latent_shapes[index], seeds.latent(index))
+            shape = self.latent_shapes[index]
+            return self._standard_normal(batch_size, shape, seeds.latent(index))
 
         return eps
 

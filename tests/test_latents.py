@@ -57,7 +57,9 @@ def test_all_groups_is_the_plain_reconstruction_and_zero_ignores_x(tiny):
     # k = 0: a prior sample given the seed; other images give the same output,
     # and it is `sample` with the same seed and temperature.
     prior_only = tiny.reconstruct(x, num_posterior_groups=0, temperature=0.6, seed=4).numpy()
-    other = tiny.reconstruct(tiny_images(3, seed=9), num_posterior_groups=0, temperature=0.6, seed=4)
+    other = tiny.reconstruct(
+        tiny_images(3, seed=9), num_posterior_groups=0, temperature=0.6, seed=4
+    )
     np.testing.assert_array_equal(prior_only, other.numpy())
     np.testing.assert_allclose(prior_only, tiny.sample(3, 0.6, seed=4).numpy(), atol=1e-6)
     # Pixel samples are seeded too.
@@ -117,7 +119,8 @@ def test_lerp_and_slerp_match_closed_forms():
     np.testing.assert_array_equal(spherical[:, 0], a)
     np.testing.assert_allclose(spherical[:, 2], b, rtol=1e-5, atol=1e-6)
     fa, fb = a.reshape(3, -1), b.reshape(3, -1)
-    omega = np.arccos(np.sum(fa * fb, 1) / (np.linalg.norm(fa, axis=1) * np.linalg.norm(fb, axis=1)))
+    norms = np.linalg.norm(fa, axis=1) * np.linalg.norm(fb, axis=1)
+    omega = np.arccos(np.sum(fa * fb, 1) / norms)
     expected = (np.sin(0.75 * omega)[:, None] * fa + np.sin(0.25 * omega)[:, None] * fb) / np.sin(
         omega
     )[:, None]
@@ -176,7 +179,7 @@ def test_standardized_latents_decode_back_to_the_posterior_sample(tiny):
         ({"x2": tiny_images(3)}, "`x1` and `x2` must be image batches of the same shape"),
         ({"num_steps": 1}, "`num_steps` must be an int >= 2"),
         ({"mode": "cubic"}, "`mode` must be one of"),
-        ({"groups": [4]}, r"`groups` must be None \(all\) or distinct latent group indices in \[0, 4\)"),
+        ({"groups": [4]}, r"`groups` must be None \(all\) or distinct .* in \[0, 4\)"),
         ({"groups": [1, 1]}, "distinct latent group indices"),
     ],
 )
