@@ -16,9 +16,11 @@ from keras_nvae import (  # noqa: E402
     layers,
     objectives,
     optimizers,
+    parity,
     presets,
+    tuning,
 )
 from keras_nvae.config import NVAEConfig  # noqa: E402
 from keras_nvae.model import NVAE  # noqa: E402
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -149,14 +149,25 @@ class NVAEConfig:
     batch_size: int = 200
 
     def __post_init__(self):
+        """Makes `image_shape` a tuple of ints and validates every field."""
         object.__setattr__(self, "image_shape", tuple(int(v) for v in self.image_shape))
+        self._check_choices()
+        self._check_counts()
+        self._check_geometry()
+        self._check_training()
+
+    def _check_choices(self):
+        """Checks the image shape's rank and channels and the named choices.
+
+        Raises:
+            ValueError: naming the field, its allowed values and the value given.
+        """
         if len(self.image_shape) != 3:
             raise ValueError(
                 "NVAEConfig.image_shape must be (height, width, channels), got "
                 f"{self.image_shape!r}."
             )
-        height, width, channels = self.image_shape
-        _choice("image_shape[-1] (channels)", channels, (1, 3))
+        _choice("image_shape[-1] (channels)", self.image_shape[-1], (1, 3))
         _choice("likelihood", self.likelihood, LIKELIHOODS)
         _choice("arch_instance", self.arch_instance, tuple(ARCHITECTURES))
         if self.likelihood == "bernoulli" and self.num_x_bits != 8:
@@ -164,6 +175,14 @@ class NVAEConfig:
                 "NVAEConfig.num_x_bits must be 8 with likelihood='bernoulli' "
                 f"(binarised data), got {self.num_x_bits}."
             )
+
+    def _check_counts(self):
+        """Checks the integer fields (sizes, depths, epochs) and their pairings.
+
+        Raises:
+            ValueError: a count that is not an integer in range, unequal
+                pre-/post-processing depths, or the unsupported one-group model.
+        """
         for name in (
             "num_mixtures",
             "num_latent_scales",
@@ -204,11 +223,19 @@ class NVAEConfig:
                 "'vanilla VAE' mode) is not supported; use num_groups_per_scale >= 2 "
                 "or more latent scales."
             )
+
+    def _check_geometry(self):
+        """Checks that the (padded) image is square and fits the downsampling.
+
+        Raises:
+            ValueError: a non-square image, a `pad_to` smaller than the image or
+                with odd padding, or a size the network cannot halve enough times.
+        """
+        height, width, _ = self.image_shape
         if height != width:
             raise ValueError(
                 f"NVAEConfig.image_shape must be square, got {height}x{width}."
             )
-        size = self.model_image_size
         if self.pad_to is not None and self.pad_to < height:
             raise ValueError(
                 f"NVAEConfig.pad_to ({self.pad_to}) must be >= the image size "
@@ -219,6 +246,7 @@ class NVAEConfig:
                 "NVAEConfig.pad_to - image size must be even (symmetric padding), "
                 f"got {self.pad_to} - {height}."
             )
+        size = self.model_image_size
         factor = 2 ** (self.num_preprocess_blocks + self.num_latent_scales - 1)
         if size % factor:
             raise ValueError(
@@ -226,8 +254,17 @@ class NVAEConfig:
                 f"2**(num_preprocess_blocks + num_latent_scales - 1) = {factor}; "
                 "change pad_to, num_preprocess_blocks or num_latent_scales."
             )
-        for name in ("kl_anneal_portion",):
-            _number(name, getattr(self, name), low=0, high=1, low_open=True)
+
+    def _check_training(self):
+        """Checks the KL warm-up, regulariser and optimiser numbers.
+
+        Raises:
+            ValueError: a value that is not a number in its range, or norm
+                annealing without positive norm weights.
+        """
+        _number(
+            "kl_anneal_portion", self.kl_anneal_portion, low=0, high=1, low_open=True
+        )
         _number("kl_const_portion", self.kl_const_portion, low=0, high=1)
         _number("kl_const_coeff", self.kl_const_coeff, low=0, high=1)
         _number("weight_decay_norm", self.weight_decay_norm, low=0)

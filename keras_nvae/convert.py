@@ -21,6 +21,7 @@ import re
 import numpy as np
 
 from keras_nvae import datasets
+from keras_nvae import official_layout
 from keras_nvae.config import ARCHITECTURES, NVAEConfig
 from keras_nvae.layers.cell_ops import BNSwishConv, InvertedResidual
 from keras_nvae.layers.combiners import DecoderCombiner, EncoderCombiner
@@ -209,7 +210,7 @@ def official_name_map(model):
     Special targets: ("ignored", None) for `num_batches_tracked`, and
     ("derived", source_name) for buffers that duplicate another tensor.
     """
-    modules = model.official_modules()
+    modules = official_layout.official_modules(model)
     targets = {"prior_ftr0": (model.prior_ftr0, lambda t: np.transpose(t, (1, 2, 0)))}
     targets.update(_conv_targets("stem", modules["stem"]))
     for tower in ("pre_process", "enc_tower", "dec_tower", "post_process"):

@@ -456,6 +456,28 @@ def _list_images(path):
     return sorted(files)
 
 
+def _image_file_decoder(image_size, channels):
+    """Returns a `tf.data` function from an image file name to its square image.
+
+    Args:
+        image_size: side length of the output images.
+        channels: 3 to decode as RGB, 1 as grayscale.
+
+    Returns:
+        A function mapping a PNG/JPEG file name to the centre-cropped, resized
+        `(image_size, image_size, channels)` image.
+    """
+
+    def decode(filename):
+        image = tf.io.decode_image(
+            tf.io.read_file(filename), channels=channels, expand_animations=False
+        )
+        image = _crop_and_resize(image, image_size)
+        return tf.ensure_shape(image, [image_size, image_size, channels])
+
+    return decode
+
+
 def load_image_folder(
     path,
     image_size,
@@ -512,14 +534,7 @@ def load_image_folder(
     files = _list_images(os.fspath(path))
     if cache is None:
         cache = len(files) * image_size * image_size * channels <= _CACHE_LIMIT_BYTES
-
-    def decode(filename):
-        image = tf.io.decode_image(
-            tf.io.read_file(filename), channels=channels, expand_animations=False
-        )
-        image = _crop_and_resize(image, image_size)
-        return tf.ensure_shape(image, [image_size, image_size, channels])
-
+    decode = _image_file_decoder(image_size, channels)
     ds = tf.data.Dataset.from_tensor_slices(files)
     if cache:
         ds = ds.map(decode, num_parallel_calls=AUTOTUNE).cache()
@@ -618,6 +633,75 @@ def _tfds_builder(name, data_dir, download, manual_dir):
     return builder
 
 
+def _image_builder(name, data_dir, download, manual_dir):
+    """Returns the prepared `tfds` builder of an image dataset.
+
+    Args:
+        name: TensorFlow Datasets name.
+        data_dir, download, manual_dir: as in `load_tfds`.
+
+    Returns:
+        A prepared `tfds` builder whose features include `"image"`.
+
+    Raises:
+        ValueError: the dataset has no `"image"` feature.
+    """
+    builder = _tfds_builder(name, data_dir, download, manual_dir)
+    if "image" not in builder.info.features:
+        raise ValueError(
+            f"Dataset {name!r} has no 'image' feature (features: "
+            f"{', '.join(builder.info.features)}); it cannot be used as an "
+            "image dataset."
+        )
+    return builder
+
+
+def _tfds_images(builder, name, split, preset, image_size, cache, shuffle, seed):
+    """Reads one split of a prepared dataset as single images, as its preset says.
+
+    Args:
+        builder: the prepared `tfds` builder.
+        name: its TensorFlow Datasets name (for error messages).
+        split: split name or TFDS split expression; the preset may map it.
+        preset: the dataset's `_TfdsPreset`.
+        image_size, cache, shuffle, seed: as in `load_tfds`.
+
+    Returns:
+        A `tf.data.Dataset` of HWC images, cropped and resized when an image
+        size is set (by `image_size` or the preset).
+
+    Raises:
+        ValueError: the split cannot be read.
+    """
+    import tensorflow_datasets as tfds
+
+    image_size = preset.image_size if image_size is None else image_size
+    try:
+        ds = builder.as_dataset(
+            split=preset.split_aliases.get(split, split),
+            shuffle_files=shuffle,
+            read_config=tfds.ReadConfig(shuffle_seed=seed),
+        )
+    except (ValueError, KeyError) as exc:
+        raise ValueError(
+            f"Cannot read split {split!r} of {name!r} ({_first_line(exc)}). "
+            f"Available splits: {', '.join(builder.info.splits) or 'unknown'}."
+        ) from None
+
+    def preprocess(example):
+        image = example["image"]
+        if image_size is not None:
+            image = _crop_and_resize(image, image_size, preset.crop_box)
+        if preset.already_binary:
+            image = tf.cast(image, tf.float32)
+        return image
+
+    ds = ds.map(preprocess, num_parallel_calls=AUTOTUNE)
+    if preset.cache if cache is None else cache:
+        ds = ds.cache()
+    return ds
+
+
 def load_tfds(
     name,
     split="train",
@@ -637,37 +721,24 @@ def load_tfds(
 ):
     """Loads an image dataset from TensorFlow Datasets.
 
-    Presets reproduce the official NVAE data pipelines:
-
-    * `"mnist"`: 28x28x1, dynamic binarisation on every split.
-    * `"binarized_mnist"`: 28x28x1, statically binarised, `float32`.
-    * `"cifar10"`: 32x32x3, flip on train.
-    * `"celeb_a"` (aliases `"celeba64"`, `"celeba_64"`): NVAE's crop box
-      (15, 40, 163, 188) resized to 64x64x3, flip on train.
-    * `"imagenet_resized/32x32"` (aliases `"imagenet32"`, `"imagenet_32"`):
-      32x32x3, flip on train; `"test"` reads the validation split.
-    * `"celeb_a_hq/256"` (aliases `"celebahq256"`, `"celeba256"`,
-      `"celeba_256"`): 256x256x3, needs a manual download, flip on train;
-      `"train"` is the first 27,000 images and `"test"`/`"validation"` the
-      last 3,000, as in NVAE.
-
-    These facts come from the `keras_nvae.datasets` registry. Other
-    TensorFlow Datasets names with an `"image"` feature work too, with no
-    augmentation by default.
+    Datasets of the `keras_nvae.datasets` registry, by TFDS or registry name
+    (`"celeba64"`, `"imagenet32"`, ...), are read as NVAE reads them: `"mnist"`
+    binarised dynamically, `"binarized_mnist"` as `float32`, `"celeb_a"`
+    cropped to NVAE's box and resized to 64x64, RGB training splits flipped,
+    ImageNet 32's validation split as `"test"`, and the manual download
+    `"celeb_a_hq/256"` split into its first 27,000 and last 3,000 images.
+    Other TFDS datasets with an `"image"` feature work too, unaugmented.
 
     Args:
-        name: TensorFlow Datasets name (optionally with config/version) or
-            one of the aliases above.
+        name: TFDS name (optionally with config/version) or a registry name.
         split: split name or TFDS split expression such as `"train[:90%]"`.
         batch_size: number of images per batch.
         data_dir: TensorFlow Datasets data directory. `None` uses the TFDS
             default (`TFDS_DATA_DIR` or `~/tensorflow_datasets`).
         shuffle: whether to shuffle, differently each epoch.
-        flip: random horizontal flips; `None` uses the preset for training
-            splits and no flips otherwise.
+        flip: random horizontal flips; `None` uses the preset on training splits.
         binarize: dynamic binarisation; `None` uses the preset.
-        download: whether to download and prepare the dataset if it is not
-            prepared in `data_dir`.
+        download: whether to download and prepare the dataset when missing.
         seed: optional integer seed for file order, shuffling and augmentation.
         image_size: output side length; `None` uses the preset (64 for
             CelebA, the stored size otherwise). Non-CelebA images are
@@ -677,16 +748,14 @@ def load_tfds(
         cache: whether to cache decoded images in memory; `None` uses the
             preset (only for the small MNIST and CIFAR-10 datasets).
         shuffle_buffer: size of the shuffle buffer.
-        manual_dir: folder with manually downloaded files, for datasets such
-            as `celeb_a_hq` that cannot be downloaded automatically.
+        manual_dir: folder of manually downloaded files (`celeb_a_hq`).
 
     Returns:
         A `tf.data.Dataset` of NHWC batches, `uint8` or `float32` `{0, 1}`
         for binarised data.
 
     Raises:
-        DatasetNotAvailableError: if the dataset is not prepared in
-            `data_dir` and cannot be downloaded.
+        DatasetNotAvailableError: the dataset is missing and cannot be downloaded.
         ValueError: for unknown dataset names or splits.
 
     Example:
@@ -697,46 +766,11 @@ def load_tfds(
     """
     tfds_name = _TFDS_ALIASES.get(name, name)
     preset = _TFDS_PRESETS.get(tfds_name, _TfdsPreset())
-    builder = _tfds_builder(tfds_name, data_dir, download, manual_dir)
-    if "image" not in builder.info.features:
-        raise ValueError(
-            f"Dataset {tfds_name!r} has no 'image' feature (features: "
-            f"{', '.join(builder.info.features)}); it cannot be used as an "
-            "image dataset."
-        )
-
+    builder = _image_builder(tfds_name, data_dir, download, manual_dir)
     is_train = split.startswith("train")
-    flip = preset.flip and is_train if flip is None else flip
-    binarize = preset.binarize if binarize is None else binarize
-    cache = preset.cache if cache is None else cache
-    image_size = preset.image_size if image_size is None else image_size
-    tfds_split = preset.split_aliases.get(split, split)
-
-    import tensorflow_datasets as tfds
-
-    try:
-        ds = builder.as_dataset(
-            split=tfds_split,
-            shuffle_files=shuffle,
-            read_config=tfds.ReadConfig(shuffle_seed=seed),
-        )
-    except (ValueError, KeyError) as exc:
-        raise ValueError(
-            f"Cannot read split {split!r} of {tfds_name!r} ({_first_line(exc)}). "
-            f"Available splits: {', '.join(builder.info.splits) or 'unknown'}."
-        ) from None
-
-    def preprocess(example):
-        image = example["image"]
-        if image_size is not None:
-            image = _crop_and_resize(image, image_size, preset.crop_box)
-        if preset.already_binary:
-            image = tf.cast(image, tf.float32)
-        return image
-
-    ds = ds.map(preprocess, num_parallel_calls=AUTOTUNE)
-    if cache:
-        ds = ds.cache()
+    ds = _tfds_images(
+        builder, tfds_name, split, preset, image_size, cache, shuffle, seed
+    )
     return _finish(
         ds,
         batch_size=batch_size,
@@ -745,8 +779,8 @@ def load_tfds(
         seed=seed,
         repeat=repeat,
         drop_remainder=drop_remainder,
-        flip=flip,
-        binarize=binarize,
+        flip=preset.flip and is_train if flip is None else flip,
+        binarize=preset.binarize if binarize is None else binarize,
     )
 
 
@@ -789,6 +823,97 @@ def _check_image_size(images, image_size, source):
             f"{height}x{width} images and array sources are not resized. "
             "Resize the array beforehand or pass image_size=None."
         )
+
+
+def _array_source_images(source, split, image_size):
+    """Returns the images of `split` of `"digits"` or of a `.npy`/`.npz` file.
+
+    Args:
+        source: `"digits"` or the path of a `.npy` or `.npz` file.
+        split: the split to read.
+        image_size: `None`, or the side length the images must have.
+
+    Returns:
+        The images as an array.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the split is missing or the images have another size.
+    """
+    if source == "digits":
+        images = digits_arrays(split)
+        _check_image_size(images, image_size, "'digits'")
+        return images
+    if not os.path.isfile(source):
+        raise FileNotFoundError(f"Image array file {source!r} does not exist.")
+    images = _load_array_file(source, split)
+    _check_image_size(images, image_size, repr(source))
+    return images
+
+
+def _image_folder_split(source, split, image_size):
+    """Returns the folder of `split` in an image folder source.
+
+    Args:
+        source: a folder of images, with or without split subfolders.
+        split: the split to read; without split subfolders only `"train"`,
+            which is then the whole folder.
+        image_size: the output side length; folders need one.
+
+    Returns:
+        The subfolder named after `split`, or `source` itself for `"train"`.
+
+    Raises:
+        ValueError: the split subfolder is missing, or `image_size` is `None`.
+    """
+    folder = os.path.join(source, split)
+    if not tf.io.gfile.isdir(folder):
+        if split != "train":
+            raise ValueError(
+                f"Folder {source!r} has no {split!r} subfolder; without "
+                'split subfolders the whole folder is the "train" split. '
+                f"Put the {split!r} images in {folder!r}."
+            )
+        folder = source
+    if image_size is None:
+        raise ValueError(
+            "image_size is required for image folders (images are "
+            "centre-cropped and resized to image_size x image_size)."
+        )
+    return folder
+
+
+def _load_tfds_source(source, split, data_dir, download, image_size, options):
+    """`load_tfds` for `make_dataset`, naming every kind of source if unknown.
+
+    Args:
+        source: the TensorFlow Datasets name.
+        split, data_dir, download, image_size: as in `load_tfds`.
+        options: the other `load_tfds` arguments, by name.
+
+    Returns:
+        The `load_tfds` dataset.
+
+    Raises:
+        ValueError: `source` is not a TensorFlow Datasets name.
+    """
+    try:
+        return load_tfds(
+            source,
+            split,
+            data_dir=data_dir,
+            download=download,
+            image_size=image_size,
+            **options,
+        )
+    except _UnknownDatasetError:
+        raise ValueError(
+            f"Unknown data source {source!r}: it is not 'digits', not an "
+            "existing folder or .npy/.npz file, and not a TensorFlow Datasets "
+            "name. Options: 'digits'; a folder of PNG/JPEG images; a .npy or "
+            ".npz file of images; a TensorFlow Datasets name such as "
+            f"{', '.join(sorted(set(_TFDS_PRESETS) | set(_TFDS_ALIASES)))}."
+        ) from None
 
 
 def make_dataset(
@@ -855,61 +980,18 @@ def make_dataset(
     source = os.fspath(source)
     if shuffle is None:
         shuffle = split.startswith("train")
-    array_options = dict(
+    options = dict(
+        batch_size=batch_size,
         shuffle=shuffle,
-        flip=bool(flip),
-        binarize=bool(binarize),
+        flip=flip,
+        binarize=binarize,
+        seed=seed,
         drop_remainder=drop_remainder,
         repeat=repeat,
     )
-    if source == "digits":
-        images = digits_arrays(split)
-        _check_image_size(images, image_size, "'digits'")
-        return from_numpy(images, batch_size, seed=seed, **array_options)
-    if source.lower().endswith(_ARRAY_EXTENSIONS):
-        if not os.path.isfile(source):
-            raise FileNotFoundError(f"Image array file {source!r} does not exist.")
-        images = _load_array_file(source, split)
-        _check_image_size(images, image_size, repr(source))
-        return from_numpy(images, batch_size, seed=seed, **array_options)
+    if source == "digits" or source.lower().endswith(_ARRAY_EXTENSIONS):
+        return from_numpy(_array_source_images(source, split, image_size), **options)
     if tf.io.gfile.isdir(source):
-        folder = os.path.join(source, split)
-        if not tf.io.gfile.isdir(folder):
-            if split != "train":
-                raise ValueError(
-                    f"Folder {source!r} has no {split!r} subfolder; without "
-                    'split subfolders the whole folder is the "train" split. '
-                    f"Put the {split!r} images in {folder!r}."
-                )
-            folder = source
-        if image_size is None:
-            raise ValueError(
-                "image_size is required for image folders (images are "
-                "centre-cropped and resized to image_size x image_size)."
-            )
-        return load_image_folder(
-            folder, image_size, batch_size, seed=seed, **array_options
-        )
-    try:
-        return load_tfds(
-            source,
-            split,
-            batch_size,
-            data_dir=data_dir,
-            shuffle=shuffle,
-            flip=flip,
-            binarize=binarize,
-            download=download,
-            seed=seed,
-            image_size=image_size,
-            drop_remainder=drop_remainder,
-            repeat=repeat,
-        )
-    except _UnknownDatasetError:
-        raise ValueError(
-            f"Unknown data source {source!r}: it is not 'digits', not an "
-            "existing folder or .npy/.npz file, and not a TensorFlow Datasets "
-            "name. Options: 'digits'; a folder of PNG/JPEG images; a .npy or "
-            ".npz file of images; a TensorFlow Datasets name such as "
-            f"{', '.join(sorted(set(_TFDS_PRESETS) | set(_TFDS_ALIASES)))}."
-        ) from None
+        folder = _image_folder_split(source, split, image_size)
+        return load_image_folder(folder, image_size, **options)
+    return _load_tfds_source(source, split, data_dir, download, image_size, options)

@@ -8,7 +8,13 @@ from keras_nvae import inputs
 
 
 def bits_per_dim(
-    model, dataset, num_samples=1000, max_batches=None, images_per_pass=None, seed=None
+    model,
+    dataset,
+    num_samples=1000,
+    max_batches=None,
+    images_per_pass=None,
+    verbose=1,
+    seed=None,
 ):
     """Importance-weighted negative log-likelihood of a dataset.
 
@@ -30,6 +36,7 @@ def bits_per_dim(
         images_per_pass: optional int, the most images (batch size times
             samples) one forward pass sees, though always at least one copy
             of the batch. Default: twice the model's training batch size.
+        verbose: 1 shows a Keras progress bar over the batches, 0 nothing.
         seed: optional int: the importance samples are a function of it (and
             of the batch order). Default: the model's seed stream.
 
@@ -60,20 +67,17 @@ def bits_per_dim(
         ):
             raise ValueError(f"`{name}` must be a positive int or None, got {value!r}.")
     seeds = None if seed is None else keras.random.SeedGenerator(seed)
-    log_likelihood = tf.function(
-        lambda images: model.log_likelihood(images, num_samples, images_per_pass, seeds),
-        reduce_retracing=True,
-    )
+    progress = keras.utils.Progbar(_num_batches(dataset, max_batches), verbose=verbose)
     total_nll = 0.0
     num_images = 0
     for index, batch in enumerate(dataset):
         if max_batches is not None and index >= max_batches:
             break
         images = inputs.unpack_images(batch)
-        model.preprocess_images(images)  # Eager validation: clear errors for bad data.
-        log_px = log_likelihood(images)
+        log_px = model.log_likelihood(images, num_samples, images_per_pass, seed=seeds)
         total_nll -= float(tf.reduce_sum(tf.cast(log_px, tf.float64)))
         num_images += int(images.shape[0])
+        progress.update(index + 1, [("nll_nats", total_nll / num_images)])
     if num_images == 0:
         raise ValueError("bits_per_dim: the dataset yielded no images.")
     nll = total_nll / num_images
@@ -82,6 +86,19 @@ def bits_per_dim(
         "bpd": float(distributions.nats_to_bits_per_dim(nll, model.config.num_dims)),
         "num_images": num_images,
     }
+
+
+def _num_batches(dataset, max_batches):
+    """The number of batches `bits_per_dim` will see, or None when unknown."""
+    size = None
+    if isinstance(dataset, tf.data.Dataset):
+        cardinality = int(dataset.cardinality())
+        size = cardinality if cardinality >= 0 else None
+    elif hasattr(dataset, "__len__"):
+        size = len(dataset)
+    if max_batches is not None:
+        return max_batches if size is None else min(size, max_batches)
+    return size
 
 
 def readjust_bn(model, temperature=0.7, steps=500, batch_size=16, seed=None):

@@ -232,7 +232,8 @@ class NVAEInference:
         `logsumexp_k(log p(x|z_k) + log p(z_k) - log q(z_k|x)) - log K`. The
         K samples of an image are drawn in passes over the batch repeated
         along the batch axis, at most `images_per_pass` images (but at least
-        one copy of the batch) per pass.
+        one copy of the batch) per pass. Called eagerly, the estimator runs
+        as a `tf.function`, traced once per image shape and arguments.
 
         Args:
             images: NHWC images.
@@ -245,12 +246,23 @@ class NVAEInference:
         Returns:
             (batch,) float32 tensor of log-likelihoods in nats.
         """
-        num_samples = int(num_samples)
-        if num_samples < 1:
-            raise ValueError(f"`num_samples` must be >= 1, got {num_samples}.")
+        for name, value in (("num_samples", num_samples), ("images_per_pass", images_per_pass)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+        noise_lib.CallSeeds(seed)  # Validates `seed` before tracing.
         if images_per_pass is None:
             images_per_pass = 2 * self.config.batch_size
         x, target = self.preprocess_images(images)
+        estimate = self._importance_weighted_bound
+        if tf.executing_eagerly():
+            if getattr(self, "_compiled_bound", None) is None:
+                self._compiled_bound = tf.function(estimate, reduce_retracing=True)
+            estimate = self._compiled_bound
+        return estimate(x, target, num_samples, images_per_pass, seed)
+
+    def _importance_weighted_bound(self, x, target, num_samples, images_per_pass, seed):
         batch_size = tf.shape(x)[0]
         copies = tf.minimum(tf.maximum(1, images_per_pass // batch_size), num_samples)
         num_passes = (num_samples + copies - 1) // copies

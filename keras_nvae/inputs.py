@@ -141,7 +141,7 @@ def check_noise(noise, latent_shapes, batch_size=None):
         )
     checked = []
     for i, (eps, shape) in enumerate(zip(noise, latent_shapes)):
-        eps = tf.convert_to_tensor(eps, tf.float32)
+        eps = tf.cast(eps, tf.float32)
         wrong_batch = (
             isinstance(batch_size, int)
             and eps.shape[0] is not None

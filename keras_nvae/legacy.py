@@ -2,7 +2,7 @@
 
 Those files store the network the way the official code lists it (`enc_tower`,
 `dec_tower`, `enc_sampler`, `dec_sampler`, `nf_cells`, ... as attributes of the
-model), while `NVAE` now keeps the parts of each latent group in a
+model); from 0.2 `NVAE` keeps the parts of each latent group in a
 `LatentGroup`. Keras finds weights by the attribute path of their layer, so an
 old file is read through a view of the model that has the old attributes and
 the old order, then handed on to Keras in the current layout.
@@ -15,6 +15,7 @@ import keras
 import numpy as np
 from keras.src.saving import saving_lib
 
+from keras_nvae import official_layout
 from keras_nvae.optimizers import NVAEAdamax
 
 _LEGACY_ROOT_GROUPS = ("enc_tower", "dec_tower")
@@ -34,7 +35,7 @@ class _LegacyView(keras.Model):
         self.prior_ftr0 = model.prior_ftr0
         self.global_step = model.global_step
         self.total_steps = model.total_steps
-        modules = model.official_modules()
+        modules = official_layout.official_modules(model)
         self.stem = modules["stem"]
         self.pre_process = list(modules["pre_process"])
         self.enc_tower = list(modules["enc_tower"])

@@ -5,13 +5,10 @@ import tensorflow as tf
 
 from keras_nvae import distributions
 from keras_nvae import inputs as inputs_lib
+from keras_nvae import towers
 from keras_nvae.config import NVAEConfig
 from keras_nvae.inference import NVAEInference
 from keras_nvae.layers.conv import Conv2D
-from keras_nvae.layers.latent_group import LatentGroup
-from keras_nvae.layers.residual_cell import ResidualCell
-
-CHANNEL_MULT = 2
 
 
 class NVAENetwork(NVAEInference, keras.Model):
@@ -38,95 +35,17 @@ class NVAENetwork(NVAEInference, keras.Model):
         # Seeded from keras.utils.set_random_seed (see keras_nvae.noise).
         self.seed_generator = keras.random.SeedGenerator(name="noise_seed")
         self.stem = Conv2D(c.num_channels_enc, 3, use_bias=True, name="stem")
-        self.pre_process = self._pre_process_cells()
-        self.encoder_down_cells = [
-            self._cell(
-                CHANNEL_MULT * c.num_channels_enc * self._encoder_mult(scale),
-                "down_enc",
-                f"encoder_down_{scale}",
-            )
-            for scale in range(c.num_latent_scales - 1)
-        ]
-        self.groups = self._latent_groups()
-        self.decoder_up_cells = [
-            self._cell(
-                c.num_channels_dec * self._decoder_mult(scale) // CHANNEL_MULT,
-                "up_dec",
-                f"decoder_up_{scale}",
-            )
-            for scale in range(c.num_latent_scales - 1)
-        ]
-        self.post_process = self._post_process_cells()
+        self.pre_process = towers.pre_process_cells(c)
+        self.encoder_down_cells = towers.encoder_down_cells(c)
+        self.groups = towers.latent_groups(c)
+        self.decoder_up_cells = towers.decoder_up_cells(c)
+        self.post_process = towers.post_process_cells(c)
         self.image_conditional = Conv2D(
             distributions.decoder_num_channels(c.likelihood, c.num_channels, c.num_mixtures),
             3,
             use_bias=True,
             name="image_conditional",
         )
-
-    # --------------------------------------------------------- construction
-    def _cell(self, filters, cell_type, name):
-        c = self.config
-        return ResidualCell(
-            filters, cell_type, c.architecture[cell_type], c.use_se, c.remat, name=name
-        )
-
-    def _encoder_mult(self, scale):
-        """Channel multiplier of encoder scale `scale` (0: highest resolution)."""
-        return CHANNEL_MULT ** (self.config.num_preprocess_blocks + scale)
-
-    def _decoder_mult(self, scale):
-        """Channel multiplier of decoder scale `scale` (0: the top scale)."""
-        return self._encoder_mult(self.config.num_latent_scales - 1 - scale)
-
-    def _pre_process_cells(self):
-        c = self.config
-        cells = []
-        for block in range(c.num_preprocess_blocks):
-            mult = CHANNEL_MULT**block
-            for cell in range(c.num_preprocess_cells):
-                if cell == c.num_preprocess_cells - 1:
-                    filters, cell_type = CHANNEL_MULT * c.num_channels_enc * mult, "down_pre"
-                else:
-                    filters, cell_type = c.num_channels_enc * mult, "normal_pre"
-                cells.append(self._cell(filters, cell_type, f"pre_process_{len(cells)}"))
-        return cells
-
-    def _post_process_cells(self):
-        c = self.config
-        cells = []
-        for block in range(c.num_postprocess_blocks):
-            mult = CHANNEL_MULT ** (c.num_postprocess_blocks - block)
-            for cell in range(c.num_postprocess_cells):
-                filters = c.num_channels_dec * mult // CHANNEL_MULT
-                cell_type = "up_post" if cell == 0 else "normal_post"
-                cells.append(self._cell(filters, cell_type, f"post_process_{len(cells)}"))
-        return cells
-
-    def _latent_groups(self):
-        c = self.config
-        groups = []
-        for scale, num_groups in enumerate(c.decoder_groups_per_scale):
-            mult = self._decoder_mult(scale)
-            for _ in range(num_groups):
-                groups.append(
-                    LatentGroup(
-                        encoder_filters=c.num_channels_enc * mult,
-                        decoder_filters=c.num_channels_dec * mult,
-                        num_latents=c.num_latent_per_group,
-                        is_top=not groups,
-                        num_encoder_cells=c.num_cell_per_cond_enc,
-                        num_decoder_cells=c.num_cell_per_cond_dec,
-                        encoder_cell_ops=c.architecture["normal_enc"],
-                        decoder_cell_ops=c.architecture["normal_dec"],
-                        num_flows=c.num_flows,
-                        use_se=c.use_se,
-                        residual_posterior=c.res_dist,
-                        remat=c.remat,
-                        name=f"latent_group_{len(groups)}",
-                    )
-                )
-        return groups
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
@@ -141,7 +60,7 @@ class NVAENetwork(NVAEInference, keras.Model):
         top = c.latent_shapes[0]
         self.prior_ftr0 = self.add_weight(
             name="prior_ftr0",
-            shape=(top[0], top[1], c.num_channels_dec * self._decoder_mult(0)),
+            shape=(top[0], top[1], c.num_channels_dec * towers.decoder_mult(c, 0)),
             initializer=keras.initializers.RandomUniform(0.0, 1.0),
         )
         self._build_groups()
@@ -162,61 +81,6 @@ class NVAENetwork(NVAEInference, keras.Model):
         """The latent groups by scale, top scale first, as (index, group) pairs."""
         pairs = iter(enumerate(self.groups))
         return [[next(pairs) for _ in range(n)] for n in self.config.decoder_groups_per_scale]
-
-    def official_modules(self):
-        """The layers arranged as the official code's module lists.
-
-        The official model keeps its cells in flat lists (`enc_tower`,
-        `dec_tower`, `enc_sampler`, `dec_sampler`, `nf_cells`, ...) whose indices
-        name its parameters; `keras_nvae` keeps them per latent group. This
-        derives the official lists from the groups and the configuration.
-
-        Returns:
-            {official module name: layer, or list of layers in official order}.
-        """
-        scales = self.groups_by_scale()
-        groups = self.groups
-        enc_tower = []
-        for scale, scale_groups in enumerate(reversed(scales)):
-            for group in reversed(scale_groups):
-                enc_tower += group.encoder_cells
-                if not group.is_top:
-                    enc_tower.append(group.posterior_input)
-            if scale < len(scales) - 1:
-                enc_tower.append(self.encoder_down_cells[scale])
-        dec_tower = []
-        for scale, scale_groups in enumerate(scales):
-            for group in scale_groups:
-                dec_tower += group.decoder_cells + [group.combiner]
-            if scale < len(scales) - 1:
-                dec_tower.append(self.decoder_up_cells[scale])
-        return {
-            "stem": self.stem,
-            "pre_process": list(self.pre_process),
-            "enc_tower": enc_tower,
-            "enc0": groups[0].posterior_input,
-            "enc_sampler": [group.posterior_head for group in groups],
-            "dec_sampler": [group.prior_head for group in groups[1:]],
-            "nf_cells": [flow for group in groups for flow in group.flows],
-            "dec_tower": dec_tower,
-            "post_process": list(self.post_process),
-            "image_conditional": self.image_conditional,
-        }
-
-    def modules_in_official_order(self):
-        """`official_modules` flattened, the samplers and flows group by group.
-
-        The order the spectral regulariser keeps its power-iteration state in
-        (so that state is the same whatever the Python layout of the layers).
-        """
-        modules = self.official_modules()
-        ordered = [modules["stem"], *modules["pre_process"], *modules["enc_tower"], modules["enc0"]]
-        for group in self.groups:
-            ordered += [group.posterior_head, *group.flows]
-            if group.prior_head is not None:
-                ordered.append(group.prior_head)
-        ordered += [*modules["dec_tower"], *modules["post_process"], modules["image_conditional"]]
-        return ordered
 
     # -------------------------------------------------------------- geometry
     @property

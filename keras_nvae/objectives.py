@@ -248,8 +248,9 @@ class SpectralRegularizer(keras.layers.Layer):
             A scalar tensor, `sum_i u_i^T W_i v_i`, differentiable with
             respect to the matrices only.
         """
+        iterations = None
         if training:
-            num_iterations = ops.cast(
+            iterations = ops.cast(
                 ops.where(
                     ops.equal(self.initialized, 0),
                     self.num_power_iterations * self.first_call_multiplier,
@@ -257,6 +258,33 @@ class SpectralRegularizer(keras.layers.Layer):
                 ),
                 "int32",
             )
+        return self._estimate(matrices, iterations)
+
+    def converge(self, matrices, iterations):
+        """Run `iterations` power iterations now and store `u`, `v`.
+
+        Marks the state as initialised, so the next training call runs
+        `num_power_iterations` iterations, not the first call's multiple.
+
+        Args:
+            matrices: List of 2-D tensors, as for `call`.
+            iterations: Number of power iterations (positive int).
+
+        Returns:
+            The summed estimate `sum_i u_i^T W_i v_i` after the iterations.
+
+        Raises:
+            ValueError: If `iterations` is not a positive integer.
+        """
+        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+            raise ValueError(
+                f"`iterations` must be a positive integer, got {iterations!r}."
+            )
+        return self._estimate(matrices, ops.convert_to_tensor(iterations, "int32"))
+
+    def _estimate(self, matrices, iterations):
+        """`sum_i u_i^T W_i v_i`, after `iterations` stored power iterations
+        (None: none, and the state is left as is)."""
         total = ops.zeros((), dtype=self.compute_dtype)
         for indices, u_var, v_var in zip(self._group_indices, self._u, self._v):
             weights = ops.cast(
@@ -264,28 +292,25 @@ class SpectralRegularizer(keras.layers.Layer):
             )
             u = ops.cast(u_var, self.compute_dtype)
             v = ops.cast(v_var, self.compute_dtype)
-            if training:
-                frozen = ops.stop_gradient(weights)
-
-                def power_iteration(_, state, frozen=frozen):
-                    u, _ = state
-                    v = _l2_normalize(
-                        ops.einsum("nr,nrc->nc", u, frozen), self.epsilon
-                    )
-                    u = _l2_normalize(
-                        ops.einsum("nrc,nc->nr", frozen, v), self.epsilon
-                    )
-                    return u, v
-
-                u, v = ops.fori_loop(0, num_iterations, power_iteration, (u, v))
+            if iterations is not None:
+                u, v = self._power_iteration(ops.stop_gradient(weights), u, v, iterations)
                 u_var.assign(ops.cast(u, u_var.dtype))
                 v_var.assign(ops.cast(v, v_var.dtype))
             u = ops.stop_gradient(u)
             v = ops.stop_gradient(v)
             total = total + ops.sum(ops.einsum("nr,nrc,nc->n", u, weights, v))
-        if training:
+        if iterations is not None:
             self.initialized.assign(1)
         return total
+
+    def _power_iteration(self, weights, u, v, iterations):
+        def step(_, state):
+            u, _ = state
+            v = _l2_normalize(ops.einsum("nr,nrc->nc", u, weights), self.epsilon)
+            u = _l2_normalize(ops.einsum("nrc,nc->nr", weights, v), self.epsilon)
+            return u, v
+
+        return ops.fori_loop(0, iterations, step, (u, v))
 
     def compute_output_shape(self, input_shape):
         return ()

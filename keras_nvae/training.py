@@ -8,6 +8,7 @@ import tensorflow as tf
 from keras_nvae import distributions
 from keras_nvae import inputs
 from keras_nvae import objectives
+from keras_nvae import official_layout
 from keras_nvae import optimizers as nvae_optimizers
 from keras_nvae.layers.conv import Conv2D, spectral_matrices
 from keras_nvae.layers.normalization import BatchNorm
@@ -69,7 +70,7 @@ class NVAETrainer:
             initializer=keras.initializers.Constant(1),
             trainable=False,
         )
-        layers = _flatten(self.modules_in_official_order())
+        layers = _flatten(official_layout.modules_in_official_order(self))
         self._conv_layers = [layer for layer in layers if isinstance(layer, Conv2D)]
         self._bn_layers = [layer for layer in layers if isinstance(layer, BatchNorm)]
         self.spectral_regularizer.build(
@@ -203,29 +204,53 @@ class NVAETrainer:
         bn = objectives.batchnorm_regularizer([bn.gamma for bn in self._bn_layers])
         return spectral, bn
 
-    def compute_objective(self, images, training=True, noise=None):
+    def compute_objective(
+        self, images, training=True, noise=None, kl_coeff=None, reg_coeff=None
+    ):
         """All terms of the training objective for one batch (nats per image).
+
+        The loss is `mean(recon + balanced KL) + reg_coeff * (spectral + bn)`,
+        as in the official training. In training mode the spectral
+        regulariser runs its power iteration and BN uses (and updates) batch
+        statistics, so calling this changes the model's state.
+
+        Args:
+            images: uint8 or float image batch (see `NVAE.call`).
+            training: training-mode forward pass and power iteration.
+            noise: optional list of standard-normal noise tensors, one per
+                latent group in decoder order (see `NVAE.call`).
+            kl_coeff: KL warm-up coefficient beta; None for the schedule's
+                value at the current step (`kl_coefficient()`).
+            reg_coeff: weight lambda of the spectral and BN regularisers; None
+                for the configured value (annealed with beta when
+                `weight_decay_norm_anneal`; not added when
+                `weight_decay_norm` is 0).
 
         Returns:
             dict with "loss" (what is minimised), "nelbo", "recon", "kl",
-            "kl_coeff", "spectral", "bn_reg", "reg_coeff", "kl_per_group",
-            "kl_coeffs".
+            "bpd", "active_groups", "kl_coeff", "spectral", "bn_reg",
+            "reg_coeff", "kl_per_group", "kl_coeffs".
         """
         c = self.config
         out = self(images, training=training, noise=noise)
-        beta = self.kl_coefficient()
+        beta = self.kl_coefficient() if kl_coeff is None else tf.cast(kl_coeff, tf.float32)
         balanced_kl, coeffs = objectives.balance_kl(
             out["kl"], beta, self.kl_alphas, balance=c.kl_balance
         )
         objective = tf.reduce_mean(out["recon_nll"] + balanced_kl)
         spectral, bn_reg = self.regularization_terms(training=training)
-        reg_coeff = objectives.regularization_coefficient(
-            beta,
-            c.weight_decay_norm,
-            c.weight_decay_norm_init,
-            anneal=c.weight_decay_norm_anneal,
-        )
-        if c.weight_decay_norm > 0:
+        if reg_coeff is None:
+            reg_coeff = objectives.regularization_coefficient(
+                beta,
+                c.weight_decay_norm,
+                c.weight_decay_norm_init,
+                anneal=c.weight_decay_norm_anneal,
+            )
+            regularised = c.weight_decay_norm > 0
+        else:
+            reg_coeff = tf.cast(reg_coeff, tf.float32)
+            regularised = True
+        if regularised:
             objective = objective + reg_coeff * (spectral + bn_reg)
         return {
             "loss": objective,
@@ -237,6 +262,35 @@ class NVAETrainer:
             "kl_per_group": out["kl"],
             "kl_coeffs": coeffs,
         }
+
+    def converge_spectral(self, iterations):
+        """Run the spectral regulariser's power iteration on the current kernels.
+
+        Afterwards the next training step runs the usual
+        `num_power_iterations` (4) iterations instead of the 40 of a first
+        call. Useful after loading weights (which resets the iteration) to
+        start, as when replaying an official run, from converged singular
+        vectors.
+
+        Args:
+            iterations: number of power iterations (positive int).
+
+        Returns:
+            The summed spectral-norm estimate after the iterations (float32
+            scalar tensor).
+
+        Example:
+
+        >>> model.converge_spectral(1000)
+        """
+        # One graph: run eagerly, the loop would dispatch every op of every
+        # iteration from Python.
+        converge = tf.function(
+            lambda: self.spectral_regularizer.converge(
+                spectral_matrices(self._conv_layers), iterations
+            )
+        )
+        return converge()
 
     def _elbo_terms(self, out):
         """Batch means of the NELBO, its two parts, and its bits/dim."""
@@ -258,17 +312,79 @@ class NVAETrainer:
     # ----------------------------------------------------------------- steps
     def train_step(self, data):
         images = inputs.unpack_images(data)
+        terms = self._train_update(images)
+        self._update_trackers(terms, tf.shape(images)[0])
+        return self._logs(self._trackers)
+
+    def _train_update(self, images, noise=None, kl_coeff=None, reg_coeff=None):
+        """One optimisation step: the update of `fit` and of `replay_step`.
+
+        Computes the objective (see `compute_objective`; None arguments take
+        the schedules' values), differentiates it, applies the optimizer and
+        advances `global_step`.
+
+        Returns:
+            The objective's terms (dict of tensors) before the update.
+        """
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         variables = self.trainable_variables
         with tf.GradientTape() as tape:
-            terms = self.compute_objective(images, training=True)
+            terms = self.compute_objective(
+                images, training=True, noise=noise, kl_coeff=kl_coeff, reg_coeff=reg_coeff
+            )
             loss = terms["loss"] / replicas
             scaled = self.optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply(grads, variables)
         self.global_step.assign_add(1)
-        self._update_trackers(terms, tf.shape(images)[0])
-        return self._logs(self._trackers)
+        return terms
+
+    def replay_step(self, images, noise, kl_coeff, reg_coeff, learning_rate=None):
+        """One training step with given noise, coefficients and learning rate.
+
+        Runs the same update as `fit` (`train_step`), eagerly, with the
+        latent noise, KL coefficient beta and regulariser weight lambda fixed
+        by the caller instead of drawn or scheduled: for replaying a recorded
+        run (see `keras_nvae.parity.check_trajectory`), debugging a step, or a
+        custom training loop. The metrics are not updated.
+
+        The learning rate is set on the optimizer before the step, so the
+        model must be compiled with an optimizer whose learning rate is a
+        float (e.g. `compile(optimizer=NVAEAdamax(learning_rate=1e-2))`), not
+        a schedule; with `learning_rate=None` the optimizer's own is used.
+
+        Args:
+            images: one image batch (uint8 or float, see `NVAE.call`).
+            noise: list of standard-normal noise arrays, one per latent group
+                in decoder order, or None to draw it.
+            kl_coeff: KL coefficient beta of this step.
+            reg_coeff: weight lambda of the spectral and BN regularisers.
+            learning_rate: learning rate of this step, or None.
+
+        Returns:
+            dict of the objective's terms before the update, as
+            `compute_objective`.
+
+        Raises:
+            ValueError: the model is not compiled, or `learning_rate` is given
+                while the optimizer follows a schedule.
+
+        Example:
+
+        >>> model.compile(optimizer=keras_nvae.optimizers.NVAEAdamax(1e-2))
+        >>> terms = model.replay_step(images, noise, kl_coeff=0.5,
+        ...                           reg_coeff=0.1, learning_rate=5e-3)
+        """
+        if getattr(self, "optimizer", None) is None:
+            raise ValueError(
+                "NVAE.replay_step needs an optimizer: call "
+                "model.compile(optimizer=keras_nvae.optimizers.NVAEAdamax(...)) first."
+            )
+        if learning_rate is not None:
+            _set_learning_rate(self.optimizer, learning_rate)
+        if not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
+        return self._train_update(images, noise=noise, kl_coeff=kl_coeff, reg_coeff=reg_coeff)
 
     def test_step(self, data):
         images = inputs.unpack_images(data)
@@ -301,6 +417,20 @@ class NVAETrainer:
             # shape-(1,) values gives back scalars.
             logs = {name: tf.reshape(value, (1,)) for name, value in logs.items()}
         return logs
+
+
+def _set_learning_rate(optimizer, learning_rate):
+    """Assign a float learning rate; a clear error when `optimizer` follows a schedule."""
+    try:
+        optimizer.learning_rate = float(learning_rate)
+    except TypeError:
+        raise ValueError(
+            "NVAE.replay_step(learning_rate=...) sets the optimizer's learning "
+            "rate, but this optimizer follows a LearningRateSchedule. Compile "
+            "with an optimizer built with a float learning rate, e.g. "
+            "model.compile(optimizer=keras_nvae.optimizers.NVAEAdamax(1e-2)), or "
+            "pass learning_rate=None."
+        ) from None
 
 
 def _flatten(modules):

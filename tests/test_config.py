@@ -9,8 +9,8 @@ from keras_nvae import NVAE, NVAEConfig, objectives
 from keras_nvae.config import parse_overrides
 from keras_nvae.presets import PRESETS, preset_config
 
-# Trainable-parameter counts of the official PyTorch model for the README commands
-# (reference/NVAE_REFERENCE.md section 1.6, obtained by instantiating the official code).
+# Trainable-parameter counts of the official PyTorch model for its README's training commands,
+# counted over every nn.Parameter of the official model instantiated with each command's flags.
 OFFICIAL_PARAMS = {
     "mnist": 33_363_134,
     "cifar10": 130_852_480,

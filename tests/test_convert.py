@@ -9,25 +9,18 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import OUTPUT_KEYS
+from conftest import PARITY_RTOL
+from conftest import Reference
+from conftest import relative_error
 from keras_nvae import convert
 from keras_nvae.model import NVAE
 from trainers import convert as convert_cli
 
-FIXTURE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
-
-# Outputs of the model loaded through a file vs. the fixture: same 1e-5 budget as
-# tests/test_parity.py (10x the reference's own float32 noise, see the fixtures README).
-REL_TOL = 1e-5
-OUTPUT_KEYS = ("logits", "kl", "log_q", "log_p", "recon_nll")
-
 
 def _load_fixture(name):
-    with np.load(os.path.join(FIXTURE_DIR, f"nvae_ref_{name}_tiny.npz")) as data:
-        arrays = {key: data[key] for key in data.files}
-    args = json.loads(str(arrays["config_json"]))
-    state = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
-    noise = [arrays[f"eval/eps_{i:02d}"] for i in range(int(arrays["eval/num_groups"]))]
-    return arrays, args, state, noise
+    ref = Reference(name)
+    return ref.arrays, ref.args, ref.state_dict, ref.noise("eval")
 
 
 @pytest.fixture(scope="module")
@@ -43,18 +36,12 @@ def mnist_model(mnist):
     return NVAE(convert.config_from_official_args(args))
 
 
-def _relative_error(actual, expected):
-    actual = np.asarray(actual, np.float64)
-    expected = np.asarray(expected, np.float64)
-    assert actual.shape == expected.shape
-    return np.max(np.abs(actual - expected)) / np.max(np.abs(expected))
-
-
 def _assert_matches_fixture(model, arrays, noise):
+    # Outputs of the model loaded through a file vs. the fixture: the parity budget.
     out = model(arrays["x_uint8"], training=False, noise=noise)
     for key in OUTPUT_KEYS:
-        error = _relative_error(out[key], arrays[f"eval/{key}"])
-        assert error <= REL_TOL, (key, error)
+        error = relative_error(out[key], arrays[f"eval/{key}"])
+        assert error <= PARITY_RTOL, (key, error)
 
 
 def _write_npz(path, args, state):

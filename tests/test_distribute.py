@@ -36,10 +36,10 @@ def _free_port():
 def test_multi_worker_mirrored_two_processes_on_loopback(tmp_path):
     script = os.path.join(os.path.dirname(__file__), "scripts", "multi_worker.py")
     ports = [str(_free_port()), str(_free_port())]
-    output = str(tmp_path / "worker0.json")
+    outputs = [str(tmp_path / f"worker{index}.json") for index in range(2)]
     workers = [
         subprocess.Popen(
-            [sys.executable, script, *ports, str(index), output],
+            [sys.executable, script, *ports, str(index), outputs[index]],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -54,11 +54,18 @@ def test_multi_worker_mirrored_two_processes_on_loopback(tmp_path):
         for worker in workers:
             worker.kill()
     assert all(w.returncode == 0 for w in workers), logs[0][-3000:] + logs[1][-3000:]
-    with open(output) as f:
-        values = json.load(f)
+    values = []
+    for output in outputs:
+        with open(output) as f:
+            values.append(json.load(f))
+    first, second = values
     # 16 images in global batches of 8, split over 2 workers: 2 synchronous steps.
-    assert values["global_step"] == 2
-    assert values["loss"] == values["loss"] and 0 < values["loss"] < 1e5
+    assert first["global_step"] == second["global_step"] == 2
+    assert first["loss"] == first["loss"] and 0 < first["loss"] < 1e5
+    # Synchronous replicas: both report the loss of the global batches and end with the same
+    # weights (all-reduced gradients, synchronised BN statistics).
+    assert second["loss"] == first["loss"]
+    assert second["checksum"] == first["checksum"]
 
 
 def test_replicas_draw_different_latent_noise():

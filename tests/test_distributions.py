@@ -589,7 +589,20 @@ def test_make_decoder_distribution(likelihood, num_channels, expected_type):
     assert isinstance(d, expected_type)
     assert d.batch_shape == (2,)
     assert d.event_shape == (5, 6, num_channels)
-    assert d.log_prob(tf.zeros((2, 5, 6, num_channels))).shape == (2,)
+    log_prob = d.log_prob(tf.zeros((2, 5, 6, num_channels)))
+    assert log_prob.shape == (2,)
+    # All-zero parameters scoring black images, per closed form.
+    pixels = 5 * 6 * num_channels
+    if likelihood == "bernoulli":  # p = sigmoid(0) = 1/2
+        expected = pixels * math.log(0.5)
+    elif likelihood == "normal":  # y = 2 * 0 - 1 under N(0, exp(0) + 0.01)
+        sigma = 1.01
+        expected = pixels * (-0.5 / sigma**2 - math.log(sigma) - 0.5 * math.log(2 * math.pi))
+    else:
+        expected = np_dmol_log_prob(
+            np.zeros((1, 5, 6, p)), np.zeros((1, 5, 6, 3)), 3, 4, 5, official_edges=True
+        )[0]
+    np.testing.assert_allclose(log_prob.numpy(), [expected, expected], rtol=1e-5)
     if likelihood == "dmol":
         assert d.num_bits == 5 and d.official_edges
         assert not d.official_temperature

@@ -1,7 +1,6 @@
 """Tests for keras_nvae.flows (NVAE inverse-autoregressive flow cells)."""
 
 import math
-import pathlib
 
 import keras
 import numpy as np
@@ -9,6 +8,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from conftest import Reference
 from keras_nvae.flows import (
     IAFCell,
     IAFShiftBijector,
@@ -22,7 +22,6 @@ tfb = tfp.bijectors
 tfd = tfp.distributions
 
 H, W, N = 4, 4, 2
-FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "nvae_ref_cifar_tiny.npz"
 # Keras sublayer -> official parameter prefix inside `CellAR`.
 OFFICIAL_NAMES = {
     "conv_a": "conv.convz.0",
@@ -245,8 +244,10 @@ def test_paired_cells_as_a_transformed_distribution():
     np.testing.assert_allclose(y, paired(z0)[0], atol=1e-6)
     # Volume preserving: the flowed density at y is the base density at z0.
     np.testing.assert_allclose(flowed.log_prob(y), q.log_prob(z0), rtol=1e-5)
-    sample = flowed.sample(seed=10)
+    # With a stateless seed the flowed sample is the layer applied to the base sample.
+    sample = flowed.sample(seed=[10, 0])
     assert sample.shape == (2, H, W, N)
+    np.testing.assert_allclose(sample, paired(q.sample(seed=[10, 0]))[0], atol=1e-6)
     # The density at the distribution's own samples needs no inverse.
     log_prob = flowed.log_prob(sample).numpy()
     assert log_prob.shape == (2,) and np.all(np.isfinite(log_prob))
@@ -393,9 +394,9 @@ def official_cell(z, params, prefix, mirror):
 
 
 def test_matches_official_forward_with_reference_weights():
-    ref = np.load(FIXTURE)
-    params = {k: ref[k].astype(np.float64) for k in ref.files if "nf_cells.0." in k}
-    prefix = "param/nf_cells.0."
+    state_dict = Reference("cifar").state_dict
+    params = {k: v.astype(np.float64) for k, v in state_dict.items() if "nf_cells.0." in k}
+    prefix = "nf_cells.0."
     n = params[prefix + "cell1.mu.conv_0.bias"].shape[0]
     height, width = 5, 6
     paired = PairedIAFCell()

@@ -67,7 +67,9 @@ def test_depthwise_conv_matches_pytorch_groups():
     y = conv(x).numpy()
     expected = torch_conv2d(x.astype("float64"), torch_weight(conv), None, 1, 2, groups=4)
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-5)
+    # The official spectral matrix: the PyTorch-layout kernel reshaped to (C_out, -1).
     assert conv.spectral_matrix().shape == (4, 25)
+    np.testing.assert_array_equal(conv.spectral_matrix().numpy(), torch_weight(conv).reshape(4, -1))
 
 
 def test_depthwise_custom_gradient_matches_tensorflow():
@@ -180,12 +182,27 @@ def test_residual_cell_is_skip_plus_scaled_branch(cell_type, ops, in_shape, out_
     assert clone.get_config() == cell.get_config()
 
 
+def _batchnorm_train(x):
+    """A fresh BN (gamma 1, beta 0) in training mode: batch statistics, epsilon 1e-5."""
+    return (x - x.mean(axis=(0, 1, 2))) / np.sqrt(x.var(axis=(0, 1, 2)) + 1e-5)
+
+
 def test_inverted_residual_hidden_width_and_no_weight_norm():
     op = layers.InvertedResidual(8, expansion=6, upsample=True)
-    y = op(RNG.randn(1, 4, 4, 16).astype("float32"), training=True)
+    x = RNG.randn(1, 4, 4, 16).astype("float32")
+    y = op(x, training=True)
     assert y.shape == (1, 8, 8, 8)
     assert op.hidden == 96  # 6 x the op's input width, as in the official code
     assert not op.conv_expand.weight_norm and not op.conv_expand.use_bias
+    # Nearest x2 up-sampling, BN, 1x1 expand, BN-Swish, 5x5 depthwise, BN-Swish, 1x1 project, BN.
+    h = np.repeat(np.repeat(x.astype("float64"), 2, axis=1), 2, axis=2)
+    h = torch_conv2d(_batchnorm_train(h), torch_weight(op.conv_expand))
+    h = _batchnorm_train(h)
+    h = torch_conv2d(h / (1 + np.exp(-h)), torch_weight(op.conv_depthwise), padding=2, groups=96)
+    h = _batchnorm_train(h)
+    expected = _batchnorm_train(torch_conv2d(h / (1 + np.exp(-h)), torch_weight(op.conv_project)))
+    # Four batch normalisations of float32 values over 64 pixels each.
+    np.testing.assert_allclose(y.numpy(), expected, rtol=1e-4, atol=1e-4)
 
 
 def random_weights(layer):

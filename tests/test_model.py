@@ -5,24 +5,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import fixed_noise
+from conftest import tiny_images
 from keras_nvae import NVAE, NVAEConfig
 from keras_nvae.layers.conv import spectral_matrices
 
 RNG = np.random.RandomState(0)
-
-
-def tiny_images(n=8, seed=0):
-    return np.random.RandomState(seed).randint(0, 256, (n, 16, 16, 3)).astype("uint8")
-
-
-def fixed_noise(model, n, seed=1):
-    rng = np.random.RandomState(seed)
-    return [rng.randn(n, *shape).astype("float32") for shape in model.latent_shapes]
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return NVAE.from_preset("tiny")
 
 
 def test_forward_outputs_and_shapes(tiny):
@@ -39,6 +27,9 @@ def test_forward_outputs_and_shapes(tiny):
     np.testing.assert_allclose(
         out["kl"].numpy().sum(1), (out["log_q"] - out["log_p"]).numpy(), rtol=1e-5, atol=1e-3
     )
+    # recon_nll scores the input itself: uint8 / 255 (8 bits, so no bit reduction).
+    likelihood = tiny.decoder_distribution(out["logits"]).log_prob(x.astype("float32") / 255.0)
+    np.testing.assert_allclose(out["recon_nll"].numpy(), -likelihood.numpy(), rtol=1e-6)
 
 
 def test_uint8_and_float_inputs_agree(tiny):
@@ -51,10 +42,26 @@ def test_uint8_and_float_inputs_agree(tiny):
 
 def test_analytic_kl_without_flows():
     model = NVAE.from_preset("tiny", num_flows=0)
-    out = model(tiny_images(2), training=False, noise=fixed_noise(model, 2))
+    x = tiny_images(2)
+    noise = fixed_noise(model, 2)
+    out = model(x, training=False, noise=noise)
     # Analytic KL differs from the one-sample estimate but both are finite and
     # the analytic one is non-negative per group.
     assert np.all(out["kl"].numpy() >= -1e-4)
+    # The top group's posterior N(mu, sigma) is absolute and its prior N(0, 1.01), so its KL has
+    # a closed form; z = mu + sigma * eps gives mu at eps = 0 and mu + sigma at eps = 1.
+    top_noise = np.concatenate([np.zeros_like(noise[0]), np.ones_like(noise[0])])
+    both = [top_noise] + [np.concatenate([eps, eps]) for eps in noise[1:]]
+    z = model.encode(np.concatenate([x, x]), noise=both)[0].numpy().astype(np.float64)
+    mu, sigma = z[:2], z[2:] - z[:2]
+    terms = np.log(1.01 / sigma) + (sigma**2 + mu**2) / (2 * 1.01**2) - 0.5
+    # float32 mu and sigma; the KL (~0.2 nats) sums 64 terms that nearly cancel (seen: 4e-7).
+    np.testing.assert_allclose(out["kl"][:, 0], terms.sum(axis=(1, 2, 3)), rtol=1e-4)
+    # An analytic KL does not depend on the group's own noise; a one-sample estimate would.
+    redrawn = noise[:-1] + fixed_noise(model, 2, seed=2)[-1:]
+    again = model(x, training=False, noise=redrawn)
+    assert np.max(np.abs(again["log_q"] - out["log_q"])) > 1e-2
+    np.testing.assert_array_equal(again["kl"], out["kl"])
 
 
 @pytest.mark.parametrize(
@@ -93,6 +100,10 @@ def test_bernoulli_model_requires_binary_images():
     binary = (RNG.rand(2, 28, 28, 1) > 0.5).astype("float32")
     out = model(binary, training=False)
     assert out["logits"].shape == (2, 32, 32, 1)  # padded to 32 inside the model
+    # recon_nll is the Bernoulli NLL, softplus(l) - x * l, on the centre 28 x 28 of the logits.
+    logits = out["logits"].numpy()[:, 2:30, 2:30].astype(np.float64)
+    expected = np.sum(np.logaddexp(0.0, logits) - binary * logits, axis=(1, 2, 3))
+    np.testing.assert_allclose(out["recon_nll"].numpy(), expected, rtol=1e-5)
     with pytest.raises(ValueError, match="binary images"):
         model(binary * 0.5)
 
@@ -258,3 +269,34 @@ def test_fit_with_jit_compile(remat):
     assert all(np.isfinite(history.history["loss"]))
     assert int(model.global_step.numpy()) == 2
     assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+
+def test_log_likelihood_runs_compiled_when_called_eagerly(tiny):
+    x = tiny_images(2)
+    first = tiny.log_likelihood(x, num_samples=3, images_per_pass=4)
+    traces = tiny._compiled_bound.experimental_get_tracing_count()
+    second = tiny.log_likelihood(x, num_samples=3, images_per_pass=4)
+    assert tiny._compiled_bound.experimental_get_tracing_count() == traces
+    # New importance samples each call, so the estimates differ but stay close.
+    assert not np.array_equal(first.numpy(), second.numpy())
+    np.testing.assert_allclose(first.numpy(), second.numpy(), rtol=0.05)
+
+
+def test_compile_resolves_the_schedules_once():
+    model = NVAE.from_preset("tiny")
+    model.compile()
+    assert model.optimizer is None  # made once fit knows how many steps it runs
+    x = tiny_images(8)
+    model.fit(x, batch_size=4, epochs=3, verbose=0)  # 3 epochs x 2 steps
+    optimizer = model.optimizer
+    assert int(model.total_steps.numpy()) == 6
+    assert optimizer._learning_rate.total_steps == 6
+    model.fit(x, batch_size=4, epochs=1, verbose=0)  # continues the same schedules
+    assert model.optimizer is optimizer and int(model.total_steps.numpy()) == 6
+    assert int(optimizer.iterations.numpy()) == int(model.global_step.numpy()) == 8
+
+    explicit = NVAE.from_preset("tiny")
+    explicit.compile(total_steps=50, steps_per_epoch=5)
+    schedule = explicit.optimizer._learning_rate
+    assert (schedule.total_steps, schedule.steps_per_epoch) == (50, 5)
+    assert int(explicit.total_steps.numpy()) == 50

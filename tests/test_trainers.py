@@ -17,8 +17,10 @@ import tensorflow as tf
 
 from trainers import convert
 from trainers import evaluate
+from trainers import parity
 from trainers import sample
 from trainers import train
+from trainers import tune
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = {
@@ -26,6 +28,8 @@ COMMANDS = {
     "nvae-evaluate": evaluate,
     "nvae-sample": sample,
     "nvae-convert": convert,
+    "nvae-tune": tune,
+    "nvae-parity": parity,
 }
 
 CI_FLAGS = [

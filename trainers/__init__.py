@@ -1,8 +1,8 @@
 """Command-line programs of keras_nvae, and the helpers they share.
 
 Installing keras_nvae installs them as the commands `nvae-train`, `nvae-evaluate`,
-`nvae-sample` and `nvae-convert`; `python -m trainers.train` (and so on) runs the same
-programs. Each is an `absl.app` program: its `run()` calls `absl.app.run(main)`, with
+`nvae-sample`, `nvae-convert`, `nvae-tune` and `nvae-parity`; `python -m trainers.train` (and so
+on) runs the same programs. Each is an `absl.app` program: its `run()` calls `absl.app.run(main)`, with
 `parse_absl_flags` taking absl's own flags (`--verbosity`, `--logtostderr`, ...) off the
 command line, and `main(argv)` parses the program's flags and runs it. A program keeps its
 flags in a private `absl.flags.FlagValues`, so several programs can be imported into one

@@ -295,40 +295,8 @@ def write_images(model, test, directory):
     )
 
 
-def train():
-    """Train and evaluate as the flags say; raises `CommandLineError` for user errors.
-
-    Returns:
-        The metrics written to metrics.json.
-    """
-    config = make_config()
-    if FLAGS.jit_compile and FLAGS.distribute != "none":
-        raise CommandLineError(
-            "--jit_compile cannot be combined with --distribute (Keras cannot XLA-compile a "
-            "distributed train step); leave --jit_compile unset."
-        )
-    output_dir = FLAGS.output_dir or os.path.join("runs", FLAGS.preset)
-
-    import keras
-
-    from keras_nvae import NVAE
-    from keras_nvae import evaluation
-
-    keras.utils.set_random_seed(FLAGS.seed)
-    keras.mixed_precision.set_global_policy(
-        "float32" if FLAGS.mixed_precision == "none" else FLAGS.mixed_precision
-    )
-    strategy = make_strategy()
-    directory, is_chief = worker_directory(strategy, output_dir)
-    replicas = strategy.num_replicas_in_sync
-    train_data, test_data, steps, repeat = make_datasets(config, config.batch_size * replicas)
-    with strategy.scope():
-        model = NVAE(config)
-        model.compile(
-            total_steps=config.epochs * steps,
-            steps_per_epoch=steps,
-            jit_compile="auto" if FLAGS.jit_compile is None else FLAGS.jit_compile,
-        )
+def log_training_start(model, config, steps, replicas, directory):
+    """Log what is trained on what, for how long, and where the results go."""
     parameters = sum(math.prod(weight.shape) for weight in model.trainable_weights)
     logging.info(
         "Training preset %r (%s trainable parameters) on %r: %d epochs x %d steps, batch "
@@ -342,22 +310,28 @@ def train():
         replicas,
         directory,
     )
-    callbacks = make_callbacks(directory, FLAGS.resume) + picture_callbacks(test_data, directory)
-    start = time.time()
-    history = model.fit(
-        train_data,
-        validation_data=test_data,
-        epochs=config.epochs,
-        steps_per_epoch=steps if repeat else None,
-        callbacks=callbacks,
-        shuffle=False,
-        verbose=1 if sys.stdout.isatty() else 2,
-    )
-    train_seconds = time.time() - start
+
+
+def evaluate_metrics(model, history, test_data, config, steps, train_seconds):
+    """Evaluate the trained model on the test data and gather the run's metrics.
+
+    Args:
+        model: the trained `NVAE`.
+        history: the `keras.callbacks.History` of its training.
+        test_data: the evaluation dataset.
+        config: the model's `NVAEConfig`.
+        steps: training steps per epoch.
+        train_seconds: wall-clock training time.
+
+    Returns:
+        The metrics dict written to metrics.json: the run, the test split's
+        importance-weighted and ELBO bits/dim, the training history and config.
+    """
+    from keras_nvae import evaluation
 
     elbo = model.evaluate(test_data, return_dict=True, verbose=0)
     iw = evaluation.bits_per_dim(model, test_data, num_samples=FLAGS.eval_samples)
-    metrics = {
+    return {
         "preset": FLAGS.preset,
         "dataset": FLAGS.dataset,
         "epochs": config.epochs,
@@ -382,6 +356,56 @@ def train():
         },
         "config": config.to_dict(),
     }
+
+
+def train():
+    """Train and evaluate as the flags say; raises `CommandLineError` for user errors.
+
+    Returns:
+        The metrics written to metrics.json.
+    """
+    config = make_config()
+    if FLAGS.jit_compile and FLAGS.distribute != "none":
+        raise CommandLineError(
+            "--jit_compile cannot be combined with --distribute (Keras cannot XLA-compile a "
+            "distributed train step); leave --jit_compile unset."
+        )
+    output_dir = FLAGS.output_dir or os.path.join("runs", FLAGS.preset)
+
+    import keras
+
+    from keras_nvae import NVAE
+
+    keras.utils.set_random_seed(FLAGS.seed)
+    keras.mixed_precision.set_global_policy(
+        "float32" if FLAGS.mixed_precision == "none" else FLAGS.mixed_precision
+    )
+    strategy = make_strategy()
+    directory, is_chief = worker_directory(strategy, output_dir)
+    replicas = strategy.num_replicas_in_sync
+    train_data, test_data, steps, repeat = make_datasets(config, config.batch_size * replicas)
+    with strategy.scope():
+        model = NVAE(config)
+        model.compile(
+            total_steps=config.epochs * steps,
+            steps_per_epoch=steps,
+            jit_compile="auto" if FLAGS.jit_compile is None else FLAGS.jit_compile,
+        )
+    log_training_start(model, config, steps, replicas, directory)
+    callbacks = make_callbacks(directory, FLAGS.resume) + picture_callbacks(test_data, directory)
+    start = time.time()
+    history = model.fit(
+        train_data,
+        validation_data=test_data,
+        epochs=config.epochs,
+        steps_per_epoch=steps if repeat else None,
+        callbacks=callbacks,
+        shuffle=False,
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    train_seconds = time.time() - start
+
+    metrics = evaluate_metrics(model, history, test_data, config, steps, train_seconds)
     if is_chief:
         write_images(model, test_data, directory)
         with open(os.path.join(directory, "metrics.json"), "w") as file:

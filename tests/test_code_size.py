@@ -1,0 +1,94 @@
+"""Size limits of the library code: no class over 400 lines, no function over 80 lines.
+
+The limits apply to every `.py` file under `keras_nvae/` and `trainers/`. A definition's length is
+`end_lineno - lineno + 1` as `ast` reports them: from its `def`/`class` line to its last line,
+docstring and nested definitions included, decorators excluded (in Python >= 3.8 `lineno` is the
+line of the `def`/`class` keyword, not of the first decorator).
+"""
+
+import ast
+import os
+import textwrap
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGES = ("keras_nvae", "trainers")
+MAX_CLASS_LINES = 400
+MAX_FUNCTION_LINES = 80
+_FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+def oversized_definitions(source, filename):
+    """Lists the classes and functions of `source` that exceed the limits.
+
+    Args:
+        source: Python source text.
+        filename: the name to report offenders under.
+
+    Returns:
+        A list of `"filename:line kind name: N lines (limit L)"` strings, in source order.
+    """
+    offenders = []
+    for node in ast.walk(ast.parse(source, filename=filename)):
+        if isinstance(node, ast.ClassDef):
+            kind, limit = "class", MAX_CLASS_LINES
+        elif isinstance(node, _FUNCTIONS):
+            kind, limit = "function", MAX_FUNCTION_LINES
+        else:
+            continue
+        length = node.end_lineno - node.lineno + 1
+        if length > limit:
+            message = f"{filename}:{node.lineno} {kind} {node.name}: {length} lines (limit {limit})"
+            offenders.append((node.lineno, message))
+    return [message for _, message in sorted(offenders)]
+
+
+def _library_files():
+    for package in PACKAGES:
+        for directory, _, names in os.walk(os.path.join(ROOT, package)):
+            for name in sorted(names):
+                if name.endswith(".py"):
+                    yield os.path.join(directory, name)
+
+
+def _function_source(name, body_lines, decorators=0):
+    body = "\n".join(f"    x{i} = {i}" for i in range(body_lines - 1))
+    return "@staticmethod\n" * decorators + f"def {name}():\n{body}\n"
+
+
+def test_library_files_are_found():
+    files = [os.path.relpath(path, ROOT) for path in _library_files()]
+    assert os.path.join("keras_nvae", "network.py") in files
+    assert os.path.join("trainers", "train.py") in files
+
+
+def test_checker_flags_a_function_one_line_over_the_limit():
+    source = _function_source("fits", MAX_FUNCTION_LINES) + _function_source("too_long", MAX_FUNCTION_LINES + 1)
+    assert oversized_definitions(source, "m.py") == [
+        f"m.py:{MAX_FUNCTION_LINES + 1} function too_long: {MAX_FUNCTION_LINES + 1} lines (limit 80)"
+    ]
+
+
+def test_checker_excludes_decorators_and_counts_methods_and_classes():
+    decorated = _function_source("decorated", MAX_FUNCTION_LINES, decorators=3)
+    assert oversized_definitions(decorated, "m.py") == []
+    method = textwrap.indent(_function_source("method", MAX_FUNCTION_LINES + 1), "    ")
+    filler = "".join(f"    a{i} = {i}\n" for i in range(MAX_CLASS_LINES - MAX_FUNCTION_LINES - 1))
+    source = "class Big:\n" + method + filler
+    assert oversized_definitions(source, "m.py") == [
+        f"m.py:1 class Big: {MAX_CLASS_LINES + 1} lines (limit 400)",
+        f"m.py:2 function method: {MAX_FUNCTION_LINES + 1} lines (limit 80)",
+    ]
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_definition_exceeds_the_size_limits(package):
+    offenders = []
+    for path in _library_files():
+        relative = os.path.relpath(path, ROOT)
+        if relative.split(os.sep)[0] != package:
+            continue
+        with open(path, encoding="utf-8") as f:
+            offenders += oversized_definitions(f.read(), relative)
+    assert not offenders, "definitions over the size limits; split them:\n" + "\n".join(offenders)
