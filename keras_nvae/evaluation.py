@@ -8,7 +8,13 @@ from keras_nvae import inputs
 
 
 def bits_per_dim(
-    model, dataset, num_samples=1000, max_batches=None, images_per_pass=None, verbose=1
+    model,
+    dataset,
+    num_samples=1000,
+    max_batches=None,
+    images_per_pass=None,
+    verbose=1,
+    seed=None,
 ):
     """Importance-weighted negative log-likelihood of a dataset.
 
@@ -31,6 +37,8 @@ def bits_per_dim(
             samples) one forward pass sees, though always at least one copy
             of the batch. Default: twice the model's training batch size.
         verbose: 1 shows a Keras progress bar over the batches, 0 nothing.
+        seed: optional int: the importance samples are a function of it (and
+            of the batch order). Default: the model's seed stream.
 
     Returns:
         dict with `"nll_nats"` (mean negative log-likelihood per image in nats,
@@ -58,6 +66,7 @@ def bits_per_dim(
             isinstance(value, bool) or not isinstance(value, int) or value < 1
         ):
             raise ValueError(f"`{name}` must be a positive int or None, got {value!r}.")
+    seeds = None if seed is None else keras.random.SeedGenerator(seed)
     progress = keras.utils.Progbar(_num_batches(dataset, max_batches), verbose=verbose)
     total_nll = 0.0
     num_images = 0
@@ -65,7 +74,7 @@ def bits_per_dim(
         if max_batches is not None and index >= max_batches:
             break
         images = inputs.unpack_images(batch)
-        log_px = model.log_likelihood(images, num_samples, images_per_pass)
+        log_px = model.log_likelihood(images, num_samples, images_per_pass, seed=seeds)
         total_nll -= float(tf.reduce_sum(tf.cast(log_px, tf.float64)))
         num_images += int(images.shape[0])
         progress.update(index + 1, [("nll_nats", total_nll / num_images)])
@@ -106,10 +115,12 @@ def readjust_bn(model, temperature=0.7, steps=500, batch_size=16, seed=None):
 
     Args:
         model: an `NVAE`.
-        temperature: prior temperature of the samples (> 0).
+        temperature: prior temperature of the samples: a float > 0, or a
+            list of one per latent group.
         steps: number of sampling passes (the official code uses 500).
         batch_size: samples per pass (official: 16 when sampling).
-        seed: optional int for reproducible statistics.
+        seed: optional int for reproducible statistics. Default: a seed
+            drawn from Keras' global seed (`keras.utils.set_random_seed`).
 
     Returns:
         `model`, with re-adjusted decoder BN statistics.
@@ -125,13 +136,11 @@ def readjust_bn(model, temperature=0.7, steps=500, batch_size=16, seed=None):
     images = model.sample(16, temperature=0.7)
     ```
     """
-    if not float(temperature) > 0:
-        raise ValueError(f"`temperature` must be > 0, got {temperature!r}.")
+    temperature = inputs.check_temperature(temperature, model.num_groups)
     for name, value in (("steps", steps), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
     seed_generator = keras.random.SeedGenerator(seed)
-    temperature = float(temperature)
 
     @tf.function
     def sampling_pass():

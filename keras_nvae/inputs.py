@@ -154,3 +154,71 @@ def check_noise(noise, latent_shapes, batch_size=None):
             )
         checked.append(eps)
     return checked
+
+
+def check_temperature(temperature, num_groups):
+    """Per-group prior temperatures from a float or a list of `num_groups` floats.
+
+    A scalar tensor (graph callers such as the exported SavedModel) is used
+    for every group unchecked.
+
+    Args:
+        temperature: a float > 0, or a list of `num_groups` floats > 0
+            (decoder order: the top group first).
+        num_groups: the model's number of latent groups.
+
+    Returns:
+        A list of `num_groups` temperatures.
+
+    Raises:
+        ValueError: a value <= 0 or not finite, or a list of the wrong length.
+    """
+    if tf.is_tensor(temperature) and temperature.shape.rank == 0:
+        return [temperature] * num_groups
+    if np.ndim(temperature) == 0:
+        values = [temperature] * num_groups
+    else:
+        values = list(np.asarray(temperature, dtype=object).reshape(-1))
+        if np.ndim(temperature) != 1 or len(values) != num_groups:
+            raise ValueError(
+                f"`temperature` must be a float or a list of {num_groups} floats (one per "
+                f"latent group, decoder order), got {temperature!r}."
+            )
+    checked = []
+    for value in values:
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not (np.isfinite(value) and value > 0):
+            raise ValueError(
+                f"`temperature` values must be finite floats > 0, got {temperature!r}."
+            )
+        checked.append(value)
+    return checked
+
+
+def check_num_posterior_groups(num_posterior_groups, num_groups):
+    """The number of top groups a reconstruction takes from the posterior.
+
+    Args:
+        num_posterior_groups: None (all groups) or an int in [0, num_groups].
+        num_groups: the model's number of latent groups.
+
+    Returns:
+        The int.
+
+    Raises:
+        ValueError: not an int in [0, num_groups].
+    """
+    if num_posterior_groups is None:
+        return num_groups
+    value = num_posterior_groups
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not (
+        0 <= value <= num_groups
+    ):
+        raise ValueError(
+            f"`num_posterior_groups` must be an int in [0, {num_groups}] (how many latent "
+            f"groups, from the top, come from the posterior), got {value!r}."
+        )
+    return int(value)

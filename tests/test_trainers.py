@@ -58,7 +58,10 @@ def run(tmp_path_factory):
         (output directory, stdout of the completed run).
     """
     output_dir = str(tmp_path_factory.mktemp("run"))
-    argv = ["train", "--epochs=2", f"--output_dir={output_dir}", *CI_FLAGS]
+    argv = [
+        "train", "--epochs=2", "--pictures_every_n_epochs=2", f"--output_dir={output_dir}",
+        *CI_FLAGS,
+    ]
     make_callbacks = train.make_callbacks
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(
@@ -102,6 +105,22 @@ def test_train_writes_outputs_and_reports(run):
     assert os.listdir(os.path.join(output_dir, "logs"))
 
 
+def test_train_writes_pictures_to_tensorboard(run):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    output_dir, _ = run
+    events = event_accumulator.EventAccumulator(os.path.join(output_dir, "logs", "latents"))
+    events.Reload()
+    tags = events.Tags()["tensors"]
+    for tag in ("reconstructions", "samples/temperature_0.6", "samples/temperature_1"):
+        (event,) = events.Tensors(tag)  # once, after epoch 2
+        grid = tf.io.decode_png(tf.make_ndarray(event.tensor_proto)[2]).numpy()
+        assert event.step == 2 and grid.shape[-1] == 1, tag
+    # The digits preset's 3 groups: a KL scalar each, the histogram, active groups.
+    expected = {"kl/group_0", "kl/group_1", "kl/group_2", "kl/per_group", "kl/active_groups"}
+    assert expected <= set(tags)
+
+
 def test_train_resumes_after_interruption(run):
     output_dir, _ = run
     with open(os.path.join(output_dir, "metrics.json")) as file:
@@ -123,20 +142,64 @@ def test_evaluate_program(run, capsys):
     assert re.match(r"^test bits/dim: \d+\.\d+ \(IW, K=2; .* 64 images\); NELBO bits/dim: ", line)
 
 
-def test_sample_program(run, tmp_path):
+def _sample(run, tmp_path, *flags):
     output_dir, _ = run
-    output = str(tmp_path / "grid.png")
     argv = [
         "sample",
         f"--model={os.path.join(output_dir, 'model.keras')}",
-        "--num=6",
-        "--readjust_bn_steps=2",
+        f"--output_dir={tmp_path}",
         "--seed=3",
-        f"--output={output}",
+        *flags,
     ]
     assert sample.main(argv) == 0
+    with open(tmp_path / "sample.json") as file:
+        record = json.load(file)
+    return _png(str(tmp_path / record["image"])), record
+
+
+def test_sample_program(run, tmp_path):
+    grid, record = _sample(run, tmp_path, "--num=6", "--readjust_bn_steps=2", "--temperature=0.6")
     # 6 samples in rows of ceil(sqrt(6)) = 3: 2 x 3 cells of 32 + 2 pixels.
-    assert _png(output).shape == (70, 104, 1)
+    assert grid.shape == (70, 104, 1)
+    assert record["mode"] == "sample" and record["temperature"] == 0.6 and record["seed"] == 3
+    again, _ = _sample(run, tmp_path, "--num=6", "--readjust_bn_steps=2", "--temperature=0.6")
+    assert (grid == again).all()
+
+
+def test_sample_program_reconstruct_and_interpolate(run, tmp_path):
+    # The digits preset has 3 groups (2 scales, [2, 1]): rows k = 0, 1, 2, 3 below the inputs.
+    grid, record = _sample(run, tmp_path, "--mode=reconstruct", "--num=3", "--temperature=0.5")
+    assert record["rows"] == ["input", 0, 1, 2, 3] and record["split"] == "test"
+    assert grid.shape == (5 * 34 + 2, 3 * 34 + 2, 1)
+    grid, record = _sample(
+        run,
+        tmp_path,
+        "--mode=interpolate",
+        "--num=2",
+        "--num_steps=4",
+        "--groups=0,1",
+        "--interpolation=spherical",
+        "--temperature=0.7,0.6,0.5",
+    )
+    assert record["groups"] == [0, 1] and record["temperature"] == [0.7, 0.6, 0.5]
+    # Rows: 2 pairs; columns: first image, 4 path images, second image.
+    assert grid.shape == (2 * 34 + 2, 6 * 34 + 2, 1)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--mode=reconstruct", "--num_posterior_groups=0,9"], "`num_posterior_groups` must be"),
+        (["--temperature=0.7,0.7"], "list of 3 floats"),
+        (["--temperature=hot"], "--temperature expects comma-separated numbers"),
+        (["--mode=interpolate", "--groups=7"], "`groups` must be None"),
+    ],
+)
+def test_sample_program_user_errors(run, flags, message, capsys):
+    output_dir, _ = run
+    model = os.path.join(output_dir, "model.keras")
+    line = _error(sample.main, ["sample", f"--model={model}", "--num=2", *flags], capsys)
+    assert line.startswith("sample: error: ") and message in line, line
 
 
 def _error(main, argv, capsys):

@@ -98,7 +98,9 @@ def evaluate():
     if not model.compiled:
         model.compile()
     elbo = model.evaluate(dataset, return_dict=True, verbose=0)
-    result = evaluation.bits_per_dim(model, dataset, num_samples=FLAGS.num_samples)
+    result = evaluation.bits_per_dim(
+        model, dataset, num_samples=FLAGS.num_samples, seed=FLAGS.seed
+    )
     result["nelbo_bpd"] = float(elbo["bpd"])
     print(
         f"{FLAGS.split} bits/dim: {result['bpd']:.4f} (IW, K={FLAGS.num_samples}; "

@@ -9,10 +9,13 @@ nvae-train --preset cifar10 --dataset cifar10 --data_dir ~/tensorflow_datasets \
 
 Everything goes to --output_dir (default `runs/<preset>`): `model.keras` (saved after every
 epoch), `backup/` (the state an interrupted run resumes from; removed when training ends),
-`logs/` (TensorBoard), and at the end `samples.png`, `reconstructions.png` and `metrics.json`.
+`logs/` (TensorBoard: metrics, and every --pictures_every_n_epochs epochs sample grids,
+partial-posterior reconstructions and per-group KL under `logs/latents`), and at the end
+`samples.png`, `reconstructions.png` and `metrics.json`.
 Running the same command again after an interruption resumes at the last completed epoch.
 
-The last line printed (to stdout; progress goes to the absl log on stderr) is the test result,
+Progress is Keras' progress bar on a terminal and one line per epoch otherwise. The last line
+printed to stdout is the test result,
 e.g. `test bits/dim: 3.6012 (IW, K=100; 159.78 nats/image); NELBO bits/dim: 3.7011`.
 User errors (bad flags, unknown preset, missing data) print one line to stderr and exit with 1.
 """
@@ -20,6 +23,7 @@ User errors (bad flags, unknown preset, missing data) print one line to stderr a
 import json
 import math
 import os
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -128,6 +132,14 @@ flags.register_validator(
 flags.DEFINE_integer(
     "seed", 0, "Random seed of weights, shuffling and sampling.", flag_values=FLAGS
 )
+flags.DEFINE_integer(
+    "pictures_every_n_epochs",
+    5,
+    "Write sample grids (temperatures 0.6/0.8/1.0), partial-posterior reconstructions and "
+    "per-group KL to TensorBoard every N epochs (0: never; single-device runs only).",
+    lower_bound=0,
+    flag_values=FLAGS,
+)
 flags.DEFINE_bool(
     "resume",
     True,
@@ -137,6 +149,7 @@ flags.DEFINE_bool(
 
 NUM_SAMPLES = 64
 NUM_RECONSTRUCTIONS = 16
+NUM_PICTURE_IMAGES = 8
 
 
 def make_config():
@@ -237,6 +250,23 @@ def make_callbacks(directory, resume):
         keras.callbacks.TensorBoard(os.path.join(directory, "logs"), write_graph=False)
     )
     return callbacks
+
+
+def picture_callbacks(test, directory):
+    """The `LatentSummaries` callback of --pictures_every_n_epochs (none when 0 or distributed)."""
+    from keras_nvae.callbacks import LatentSummaries
+
+    if not FLAGS.pictures_every_n_epochs or FLAGS.distribute != "none":
+        return []
+    images = _float_images(next(iter(test))[:NUM_PICTURE_IMAGES])
+    return [
+        LatentSummaries(
+            os.path.join(directory, "logs"),
+            images,
+            every_n_epochs=FLAGS.pictures_every_n_epochs,
+            seed=FLAGS.seed,
+        )
+    ]
 
 
 def _float_images(images):
@@ -362,15 +392,16 @@ def train():
             jit_compile="auto" if FLAGS.jit_compile is None else FLAGS.jit_compile,
         )
     log_training_start(model, config, steps, replicas, directory)
+    callbacks = make_callbacks(directory, FLAGS.resume) + picture_callbacks(test_data, directory)
     start = time.time()
     history = model.fit(
         train_data,
         validation_data=test_data,
         epochs=config.epochs,
         steps_per_epoch=steps if repeat else None,
-        callbacks=make_callbacks(directory, FLAGS.resume),
+        callbacks=callbacks,
         shuffle=False,
-        verbose=2,
+        verbose=1 if sys.stdout.isatty() else 2,
     )
     train_seconds = time.time() - start
 

@@ -1,0 +1,157 @@
+"""A Keras callback that shows an NVAE's pictures and latent statistics in TensorBoard."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_nvae import evaluation
+from keras_nvae import latents
+from keras_nvae import noise
+
+
+class LatentSummaries(keras.callbacks.Callback):
+    """Writes samples, reconstructions and per-group KL to TensorBoard.
+
+    Every `every_n_epochs` epochs it writes, at the epoch number as step:
+    - `samples/temperature_T`: a grid of prior samples at each temperature,
+      drawn after BN re-adjustment at that temperature (see
+      `keras_nvae.evaluation.readjust_bn`) on the model's BN statistics,
+      which are restored afterwards, so training does not see it;
+    - `reconstructions`: the images on top, below them one row per k of
+      `num_posterior_groups` (see `NVAE.reconstruct`);
+    - `kl/group_G` scalars, a `kl/per_group` histogram of the groups' KL (nats
+      per image, batch mean) and `kl/active_groups`, measured on the images
+      (BN in inference mode).
+    Pictures use a fixed seed, so epochs are comparable.
+
+    Args:
+        log_dir: TensorBoard log directory; events go to `log_dir/latents`.
+        images: a batch of images (NHWC) to reconstruct and measure KL on.
+        every_n_epochs: int >= 1.
+        temperatures: temperatures of the sample grids.
+        num_samples: samples per grid.
+        readjust_bn_steps: BN re-adjustment passes before each grid (0: none).
+        num_posterior_groups: the k of each reconstruction row (default 0,
+            1, 2, 4, ..., all groups).
+        seed: int seed of the pictures.
+
+    Example:
+    ```python
+    callback = LatentSummaries("runs/logs", next(iter(test))[:8], every_n_epochs=5)
+    model.fit(train, epochs=50, callbacks=[callback])
+    ```
+    """
+
+    def __init__(
+        self,
+        log_dir,
+        images,
+        every_n_epochs=1,
+        temperatures=(0.6, 0.8, 1.0),
+        num_samples=16,
+        readjust_bn_steps=20,
+        num_posterior_groups=None,
+        seed=0,
+    ):
+        super().__init__()
+        for name, value, low in (
+            ("every_n_epochs", every_n_epochs, 1),
+            ("num_samples", num_samples, 1),
+            ("readjust_bn_steps", readjust_bn_steps, 0),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}.")
+        self.log_dir = log_dir
+        self.images = images
+        self.every_n_epochs = every_n_epochs
+        self.temperatures = tuple(temperatures)
+        self.num_samples = num_samples
+        self.readjust_bn_steps = readjust_bn_steps
+        self.num_posterior_groups = num_posterior_groups
+        self.seed = seed
+        self._writer = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every_n_epochs:
+            return
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(f"{self.log_dir}/latents")
+        with self._writer.as_default(step=epoch + 1):
+            self._write_kl()
+            self._write_reconstructions()
+            for temperature in self.temperatures:
+                self._write_samples(temperature)
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _write_kl(self):
+        x, _ = self.model.preprocess_images(self.images)
+        kl = self.model._forward(x, False, seeds=noise.CallSeeds(self.seed))["kl"]
+        per_group = tf.reduce_mean(kl, axis=0)
+        for index, value in enumerate(per_group.numpy()):
+            tf.summary.scalar(f"kl/group_{index}", value)
+        tf.summary.histogram("kl/per_group", per_group)
+        tf.summary.scalar("kl/active_groups", self.model._active_groups(kl))
+
+    def _write_reconstructions(self):
+        _, images = self.model.preprocess_images(self.images)
+        rows = [images.numpy()]
+        ks = self.num_posterior_groups
+        if ks is None:
+            ks = latents.posterior_group_rows(self.model.num_groups)
+        for k in ks:
+            reconstruction = self.model.reconstruct(
+                self.images, num_posterior_groups=k, seed=self.seed
+            )
+            rows.append(np.asarray(reconstruction))
+        grid = image_grid(np.concatenate(rows), columns=len(rows[0]))
+        tf.summary.image("reconstructions", grid[None])
+
+    def _write_samples(self, temperature):
+        statistics = bn_statistics(self.model)
+        try:
+            if self.readjust_bn_steps:
+                evaluation.readjust_bn(
+                    self.model, temperature, steps=self.readjust_bn_steps, seed=self.seed
+                )
+            samples = np.asarray(self.model.sample(self.num_samples, temperature, seed=self.seed))
+        finally:
+            restore_bn_statistics(statistics)
+        columns = int(np.ceil(np.sqrt(self.num_samples)))
+        grid = image_grid(samples, columns)
+        tf.summary.image(f"samples/temperature_{temperature:g}", grid[None])
+
+
+def bn_statistics(model):
+    """(variable, value) of every BN moving mean and variance of `model`."""
+    return [
+        (variable, variable.numpy())
+        for layer in model._bn_layers
+        for variable in (layer.moving_mean, layer.moving_variance)
+    ]
+
+
+def restore_bn_statistics(statistics):
+    """Assign the values `bn_statistics` returned back to their variables."""
+    for variable, value in statistics:
+        variable.assign(value)
+
+
+def image_grid(images, columns, padding=1):
+    """Tile float images (n, h, w, c) in [0, 1] into one (H, W, c) grid, grey gaps."""
+    count, height, width, channels = images.shape
+    rows = -(-count // columns)
+    grid = np.full(
+        (rows * (height + padding) + padding, columns * (width + padding) + padding, channels),
+        0.5,
+        np.float32,
+    )
+    for index, image in enumerate(np.clip(images, 0.0, 1.0)):
+        top = padding + (index // columns) * (height + padding)
+        left = padding + (index % columns) * (width + padding)
+        grid[top : top + height, left : left + width] = image
+    return grid
