@@ -12,15 +12,16 @@ STAMP := $(VENV)/.installed
 demo: $(STAMP)
 	$(VENV_PYTHON) -m trainers.train
 
+# Two worker processes, one test file each at a time; the 25 slowest tests are listed at the end.
 test: $(STAMP)
-	$(VENV_PYTHON) -m pytest -q tests
+	$(VENV_PYTHON) -m pytest -q -n 2 --dist loadfile --durations=25 tests
 
 $(VENV_PYTHON):
 	$(PYTHON) -m venv $(VENV)
 
-# A venv that already has keras_nvae and pytest (but no stamp yet) is not reinstalled.
+# A venv that already has keras_nvae, pytest and pytest-xdist (but no stamp yet) is not reinstalled.
 $(STAMP): pyproject.toml | $(VENV_PYTHON)
-	@if [ ! -e $@ ] && $(VENV_PYTHON) -c "import importlib.metadata as m; m.version('keras_nvae'); m.version('pytest')" 2>/dev/null; then \
+	@if [ ! -e $@ ] && $(VENV_PYTHON) -c "import importlib.metadata as m; m.version('keras_nvae'); m.version('pytest'); m.version('pytest-xdist')" 2>/dev/null; then \
 		echo "keras_nvae and pytest are already installed in $(VENV)."; \
 	else \
 		$(VENV_PYTHON) -m pip install -e '.[test]'; \
