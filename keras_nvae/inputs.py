@@ -72,25 +72,35 @@ def _check_values(values, dtype, config):
             )
 
 
-def check_fit_data(x, batch_size, num_replicas, config, argument="x"):
+def check_fit_data(x, fit_kwargs, num_replicas, config):
     """Check what `fit` is given, in Python, before Keras iterates it.
 
-    Arrays (or tensors, alone or in a tuple or dict) and `tf.data.Dataset`s
-    are checked; other inputs (generators, `PyDataset`s) are left to the
-    train step. Pixel values are not read.
+    `x` and `validation_data` are checked when they are arrays (or tensors,
+    alone or in a tuple or dict) or `tf.data.Dataset`s; other inputs
+    (generators, `PyDataset`s) are left to the train step. Pixel values are
+    not read.
 
     Args:
-        x: `fit`'s `x` (or `validation_data`).
-        batch_size: the batch size of arrays (None means Keras' 32).
+        x: `fit`'s `x`.
+        fit_kwargs: `fit`'s other keyword arguments (`batch_size`,
+            `validation_data`, `validation_batch_size` are used).
         num_replicas: replicas in sync of the model's distribution strategy.
         config: the model's `NVAEConfig`.
-        argument: the name of `x` in `fit`, for the messages.
 
     Raises:
         ValueError: no images (an empty array or a dataset of cardinality
             0), images of the wrong rank, shape or dtype, or a batch smaller
             than the number of replicas.
     """
+    batch_size = fit_kwargs.get("batch_size")
+    _check_data(x, batch_size, num_replicas, config, "x")
+    validation = fit_kwargs.get("validation_data")
+    if validation is not None:
+        validation_batch_size = fit_kwargs.get("validation_batch_size") or batch_size
+        _check_data(validation, validation_batch_size, num_replicas, config, "validation_data")
+
+
+def _check_data(x, batch_size, num_replicas, config, argument):
     where = f"NVAE.fit: `{argument}`"
     if isinstance(x, tf.data.Dataset):
         _check_dataset(x, num_replicas, config, where)

@@ -177,16 +177,7 @@ class NVAETrainer:
 
     def fit(self, x=None, y=None, epochs=1, steps_per_epoch=None, **kwargs):
         replicas = self.distribute_strategy.num_replicas_in_sync
-        batch_size = kwargs.get("batch_size")
-        inputs.check_fit_data(x, batch_size, replicas, self.config)
-        if kwargs.get("validation_data") is not None:
-            inputs.check_fit_data(
-                kwargs["validation_data"],
-                kwargs.get("validation_batch_size") or batch_size,
-                replicas,
-                self.config,
-                argument="validation_data",
-            )
+        inputs.check_fit_data(x, kwargs, replicas, self.config)
         if self._schedule_pending:
             per_epoch = _steps_per_epoch(x, steps_per_epoch, kwargs.get("batch_size"))
             self._resolve_schedule(int(epochs) * per_epoch)
