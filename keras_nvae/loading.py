@@ -31,7 +31,11 @@ def _first_line(error):
 def _check_archive(path):
     """Raise `ModelFileError` unless `path` is a zip archive whose members all read back."""
     with tf.io.gfile.GFile(path, "rb") as file:
-        if not zipfile.is_zipfile(file):
+        try:
+            complete = zipfile.is_zipfile(file)
+        except tf.errors.OpError:  # GFile's error where a local file raises OSError (short files)
+            complete = False
+        if not complete:
             raise ModelFileError(
                 f"{path!r} is not a complete .keras archive (a zip file): it is "
                 "truncated, or was not written by model.save(). Copy or save it again."
@@ -39,7 +43,7 @@ def _check_archive(path):
         try:
             with zipfile.ZipFile(file) as archive:
                 damaged = archive.testzip()
-        except (zipfile.BadZipFile, OSError, EOFError) as error:
+        except (zipfile.BadZipFile, OSError, EOFError, tf.errors.OpError) as error:
             damaged = _first_line(error)
     if damaged is not None:
         raise ModelFileError(

@@ -334,7 +334,10 @@ def _truncate(path):
 def _keras_file(directory, model, kind):
     """A .keras file of the given kind; `model` is saved for the archive kinds."""
     path = str(directory / f"{kind}.keras")
-    if kind == "sequential":
+    if kind == "not_a_zip":
+        with open(path, "wb") as file:
+            file.write(b"not a zip file")
+    elif kind == "sequential":
         keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]).save(path)
     elif kind == "lambda":
         keras.Sequential([keras.Input((2,)), keras.layers.Lambda(lambda x: x + 1)]).save(path)
@@ -354,6 +357,7 @@ def _keras_file(directory, model, kind):
 KERAS_CASES = {
     "missing": (FileNotFoundError, r"No model file at '.*missing.keras'"),
     "truncated": (loading.ModelFileError, r"is not a complete .keras archive .*truncated"),
+    "not_a_zip": (loading.ModelFileError, r"is not a complete .keras archive \(a zip file\)"),
     "damaged": (
         loading.ModelFileError,
         r"is a damaged .keras archive \(model.weights.h5 does not read back\)",
