@@ -14,6 +14,7 @@ from keras_nvae import (  # noqa: E402
     export,
     flows,
     layers,
+    loading,
     objectives,
     optimizers,
     parity,

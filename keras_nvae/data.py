@@ -459,6 +459,10 @@ def _list_images(path):
 def _image_file_decoder(image_size, channels):
     """Returns a `tf.data` function from an image file name to its square image.
 
+    A file that cannot be read or decoded (truncated, empty, not a PNG or
+    JPEG) stops the iteration with an `InvalidArgumentError` whose message
+    names the file.
+
     Args:
         image_size: side length of the output images.
         channels: 3 to decode as RGB, 1 as grayscale.
@@ -475,7 +479,25 @@ def _image_file_decoder(image_size, channels):
         image = _crop_and_resize(image, image_size)
         return tf.ensure_shape(image, [image_size, image_size, channels])
 
-    return decode
+    def unreadable(filename):
+        message = tf.strings.join(
+            [
+                "keras_nvae cannot decode the image file ",
+                filename,
+                " (truncated, empty, or not a PNG or JPEG). Remove or replace it.",
+            ]
+        )
+        with tf.control_dependencies([tf.debugging.Assert(False, [message])]):
+            return tf.zeros([image_size, image_size, channels], tf.uint8)
+
+    def decode_or_fail(filename):
+        # Decoding errors cannot be caught inside a graph; a one-file dataset
+        # that ignores them falls through to `unreadable`, which names the file.
+        file = tf.data.Dataset.from_tensors(filename)
+        decoded = file.map(decode).ignore_errors()
+        return decoded.concatenate(file.map(unreadable)).take(1).get_single_element()
+
+    return decode_or_fail
 
 
 def load_image_folder(
@@ -519,6 +541,8 @@ def load_image_folder(
 
     Raises:
         FileNotFoundError: if the folder does not exist or has no images.
+        tf.errors.InvalidArgumentError: while iterating, naming a file that
+            cannot be decoded (the files are decoded lazily).
 
     Example:
 

@@ -77,6 +77,7 @@ class NVAEInference:
         """
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"`num_samples` must be a positive int, got {num_samples!r}.")
+        inputs_lib.check_output(output)
         if noise is not None:
             noise = inputs_lib.check_noise(noise, self.latent_shapes, num_samples)
         seeds = noise_lib.CallSeeds(seed)
@@ -121,6 +122,7 @@ class NVAEInference:
     def decode(self, latents, output="mean", seed=None):
         """Decode given latents (one tensor per group, decoder order) to images;
         `seed` (an int) fixes the pixel samples of `output="sample"`."""
+        inputs_lib.check_output(output)
         latents = inputs_lib.check_noise(latents, self.latent_shapes)
         logits = self._top_down(tf.shape(latents[0])[0], lambda index, _, s: latents[index])
         return self._images_from_logits(logits, output, noise_lib.CallSeeds(seed))
@@ -165,6 +167,7 @@ class NVAEInference:
         coarse = model.reconstruct(images, num_posterior_groups=2, temperature=0.7, seed=0)
         ```
         """
+        inputs_lib.check_output(output)
         k = inputs_lib.check_num_posterior_groups(num_posterior_groups, self.num_groups)
         temperatures = inputs_lib.check_temperature(temperature, self.num_groups)
         x, _ = self.preprocess_images(images)
@@ -208,6 +211,7 @@ class NVAEInference:
         groups = latents_lib.check_interpolation_arguments(
             x1, x2, num_steps, groups, mode, self.num_groups
         )
+        inputs_lib.check_output(output)
         x1, _ = self.preprocess_images(x1)
         x2, _ = self.preprocess_images(x2)
         seeds = noise_lib.CallSeeds(seed)
@@ -219,12 +223,10 @@ class NVAEInference:
         dist = self.decoder_distribution(logits)
         if output == "mean":
             return dist.mean()
-        if output == "sample":
-            seed = seeds.pixels()
-            if seed is None:
-                seed = noise_lib.generator_seed(self.seed_generator)
-            return dist.sample(seed=seed)
-        raise ValueError(f"`output` must be 'mean' or 'sample', got {output!r}.")
+        seed = seeds.pixels()
+        if seed is None:
+            seed = noise_lib.generator_seed(self.seed_generator)
+        return dist.sample(seed=seed)
 
     def log_likelihood(self, images, num_samples=100, images_per_pass=None, seed=None):
         """Importance-weighted log p(x) in nats per image (BN in eval mode).

@@ -72,6 +72,82 @@ def _check_values(values, dtype, config):
             )
 
 
+def check_fit_data(x, fit_kwargs, num_replicas, config):
+    """Check what `fit` is given, in Python, before Keras iterates it.
+
+    `x` and `validation_data` are checked when they are arrays (or tensors,
+    alone or in a tuple or dict) or `tf.data.Dataset`s; other inputs
+    (generators, `PyDataset`s) are left to the train step. Pixel values are
+    not read.
+
+    Args:
+        x: `fit`'s `x`.
+        fit_kwargs: `fit`'s other keyword arguments (`batch_size`,
+            `validation_data`, `validation_batch_size` are used).
+        num_replicas: replicas in sync of the model's distribution strategy.
+        config: the model's `NVAEConfig`.
+
+    Raises:
+        ValueError: no images (an empty array or a dataset of cardinality
+            0), images of the wrong rank, shape or dtype, or a batch smaller
+            than the number of replicas.
+    """
+    batch_size = fit_kwargs.get("batch_size")
+    _check_data(x, batch_size, num_replicas, config, "x")
+    validation = fit_kwargs.get("validation_data")
+    if validation is not None:
+        validation_batch_size = fit_kwargs.get("validation_batch_size") or batch_size
+        _check_data(validation, validation_batch_size, num_replicas, config, "validation_data")
+
+
+def _check_data(x, batch_size, num_replicas, config, argument):
+    where = f"NVAE.fit: `{argument}`"
+    if isinstance(x, tf.data.Dataset):
+        _check_dataset(x, num_replicas, config, where)
+        return
+    images = unpack_images(x) if isinstance(x, (tuple, list, dict)) else x
+    if hasattr(images, "shape") and hasattr(images, "dtype"):
+        _check_array(images, batch_size, num_replicas, config, where)
+
+
+def _check_dataset(dataset, num_replicas, config, where):
+    if int(dataset.cardinality()) == 0:
+        raise ValueError(
+            f"{where} is an empty tf.data.Dataset (cardinality 0): there are no "
+            "images. Check the data source, and any take/skip/filter or "
+            "batch(drop_remainder=True) that removed every element."
+        )
+    spec = unpack_images(dataset.element_spec)
+    if not isinstance(spec, tf.TensorSpec) or spec.shape.rank is None:
+        return
+    _check_dtype_and_shape(spec, config)
+    _check_replica_batch(spec.shape[0], num_replicas, where)
+
+
+def _check_array(images, batch_size, num_replicas, config, where):
+    _check_dtype_and_shape(images, config)
+    count = int(images.shape[0])
+    if count == 0:
+        raise ValueError(
+            f"{where} is an empty array of shape {tuple(images.shape)}: there are "
+            "no images. Pass at least one image."
+        )
+    batch_size = batch_size or 32
+    # The smallest batch: the last one, unless the images fill whole batches.
+    _check_replica_batch(count % batch_size or batch_size, num_replicas, where)
+
+
+def _check_replica_batch(batch_size, num_replicas, where):
+    if batch_size is not None and batch_size < num_replicas:
+        raise ValueError(
+            f"{where} gives a batch of {batch_size} image(s) to split over "
+            f"{num_replicas} replicas, leaving a replica without images. Use a "
+            f"batch size that is a multiple of {num_replicas}, and drop the last, "
+            "smaller batch (trim the array to whole batches, or batch the dataset "
+            "with drop_remainder=True)."
+        )
+
+
 def preprocess_images(images, config):
     """Validate images and map them to what the network sees.
 
@@ -196,6 +272,20 @@ def check_temperature(temperature, num_groups):
             )
         checked.append(value)
     return checked
+
+
+def check_output(output):
+    """Raise a `ValueError` unless `output` is "mean" or "sample".
+
+    Inference calls check it first, before they draw noise from the model's
+    seed generator.
+    """
+    if isinstance(output, str) and output in ("mean", "sample"):
+        return
+    raise ValueError(
+        "`output` must be 'mean' or 'sample' (the decoder mean or sampled pixels), "
+        f"got {output!r}."
+    )
 
 
 def check_num_posterior_groups(num_posterior_groups, num_groups):

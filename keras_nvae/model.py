@@ -76,6 +76,47 @@ class NVAE(NVAETrainer, NVAENetwork):
     def from_config(cls, config):
         return cls(**dict(config))
 
+    def load_weights(self, filepath, skip_mismatch=False, **kwargs):
+        """Keras' `load_weights`, all or nothing.
+
+        Keras assigns the variables that fit and then raises for the rest; a
+        host copy of the model's and optimizer's variables, kept during the
+        load, restores them when it fails.
+
+        Args:
+            filepath: a `.weights.h5` or `.keras` file.
+            skip_mismatch: Keras' option: warn about, and skip, variables
+                that do not fit.
+            **kwargs: other `keras.Model.load_weights` arguments.
+
+        Raises:
+            ValueError: the file holds the weights of a model with another
+                configuration; the model is unchanged.
+        """
+        variables = self._state_variables()
+        saved = [variable.numpy() for variable in variables]
+        try:
+            super().load_weights(filepath, skip_mismatch=skip_mismatch, **kwargs)
+        except Exception as error:
+            for variable, value in zip(variables, saved):
+                variable.assign(value)
+            if not isinstance(error, ValueError):
+                raise
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise ValueError(
+                f"The weights in {str(filepath)!r} do not fit this NVAE ({first_line}); "
+                "they were saved from a model with another configuration. Build the "
+                "NVAE with that configuration first (a .keras file holds it: "
+                "keras_nvae.loading.load_model). This model is unchanged."
+            ) from error
+
+    def _state_variables(self):
+        """Every variable of the model and, once built, of its optimizer."""
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is None or not optimizer.built:
+            return list(self.variables)
+        return list(self.variables) + list(optimizer.variables)
+
     def load_own_variables(self, store):
         if legacy.is_legacy_store(store):
             legacy.load_legacy_weights(self, store)

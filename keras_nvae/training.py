@@ -176,6 +176,8 @@ class NVAETrainer:
             self.optimizer.build(self.trainable_variables)
 
     def fit(self, x=None, y=None, epochs=1, steps_per_epoch=None, **kwargs):
+        replicas = self.distribute_strategy.num_replicas_in_sync
+        inputs.check_fit_data(x, kwargs, replicas, self.config)
         if self._schedule_pending:
             per_epoch = _steps_per_epoch(x, steps_per_epoch, kwargs.get("batch_size"))
             self._resolve_schedule(int(epochs) * per_epoch)

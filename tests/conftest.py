@@ -58,6 +58,39 @@ def noise_seed_state(model):
     return states[0]
 
 
+# ---------------------------------------------------------------------- state
+def model_state(model):
+    """Copies of every variable of `model` and, once built, of its optimizer.
+
+    That is the weights, BN statistics, power-iteration vectors, seed-generator state, step
+    counters, metric accumulators and optimizer slots, as a list of (path, NumPy copy).
+    """
+    variables = list(model.variables)
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and optimizer.built:
+        variables += list(optimizer.variables)
+    return [(v.path, np.array(v.numpy(), copy=True)) for v in variables]
+
+
+def assert_state_unchanged(model, before):
+    """Asserts that `model_state(model)` still equals `before` (a NaN equals a NaN).
+
+    Fails naming the variables that were added, removed or changed.
+    """
+    after = model_state(model)
+    paths, old_paths = [p for p, _ in after], [p for p, _ in before]
+    assert paths == old_paths, (
+        f"Variables added: {sorted(set(paths) - set(old_paths))[:5]}, "
+        f"removed: {sorted(set(old_paths) - set(paths))[:5]}."
+    )
+    changed = [
+        path
+        for (path, value), (_, old) in zip(after, before)
+        if not np.array_equal(value, old, equal_nan=value.dtype.kind in "fc")
+    ]
+    assert not changed, f"{len(changed)} variable(s) changed: {changed[:5]}"
+
+
 # --------------------------------------------------------------------- models
 @pytest.fixture(scope="session")
 def _shared_tiny():

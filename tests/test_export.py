@@ -6,6 +6,7 @@ import tensorflow as tf
 from conftest import REORDERED_RTOL
 from conftest import noise_seed_state
 from conftest import tiny_images
+from keras_nvae import loading
 
 
 def _seeded(owner, state, fn):
@@ -23,7 +24,7 @@ def test_saved_model_endpoints(tiny, tmp_path):
     model = tiny
     path = str(tmp_path / "saved")
     model.export(path, verbose=False, log_likelihood_samples=2)
-    served = tf.saved_model.load(path)
+    served = loading.load_saved_model(path)
     assert {"sample", "reconstruct", "encode", "log_likelihood", "serving_default"} <= set(
         served.signatures
     )

@@ -114,7 +114,7 @@ def run_main(program, flag_values, argv, doc):
 
 
 def load_model(path):
-    """Load an `NVAE` saved with `model.save(path)`.
+    """Load an `NVAE` saved with `model.save(path)` (see `keras_nvae.loading.load_model`).
 
     Args:
         path: a `.keras` file.
@@ -125,26 +125,16 @@ def load_model(path):
     Raises:
         CommandLineError: missing, unreadable or non-NVAE file.
     """
-    import keras
-
-    from keras_nvae import NVAE
+    from keras_nvae import loading
 
     if not path:
         raise CommandLineError("--model is required (a .keras file written by training).")
-    if not os.path.isfile(path):
-        raise CommandLineError(f"model file {path!r} does not exist.")
     try:
-        model = keras.saving.load_model(path)
-    except Exception as error:  # Corrupt zips, bad JSON, missing weights... all raise differently.
-        raise CommandLineError(
-            f"could not load the model {path!r} ({type(error).__name__}: {one_line(error)}). "
-            "Is it a .keras file written by keras_nvae?"
-        ) from None
-    if not isinstance(model, NVAE):
-        raise CommandLineError(
-            f"{path!r} holds a {type(model).__name__}, not a keras_nvae NVAE."
-        )
-    return model
+        return loading.load_model(path)
+    except FileNotFoundError:
+        raise CommandLineError(f"model file {path!r} does not exist.") from None
+    except loading.ModelFileError as error:
+        raise CommandLineError(f"could not load the model: {one_line(error)}") from None
 
 
 def load_dataset(source, split, image_shape, hint="", **kwargs):
