@@ -283,3 +283,19 @@ def test_sigterm_saves_mid_epoch_and_the_resumed_run_ends_like_an_uninterrupted_
     np.testing.assert_allclose(
         [r["loss"] for r in records], [r["loss"] for r in expected], rtol=RESUME_RTOL
     )
+
+
+def test_the_trainer_exits_with_128_plus_the_signal_number_and_says_how_to_resume(
+    monkeypatch, capsys
+):
+    from trainers import train
+
+    def interrupted():
+        raise checkpointing.TrainingInterrupted(signal.SIGTERM, 7, "runs/x/checkpoints")
+
+    monkeypatch.setattr(train, "train", interrupted)
+    assert train.main(["train"]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err == (
+        "train: interrupted by SIGTERM; saved the training state at step 7 in "
+        "runs/x/checkpoints. Run the same command again to resume.\n"
+    )
