@@ -67,11 +67,11 @@ def run(tmp_path_factory):
         patch.setattr(
             train,
             "make_callbacks",
-            lambda directory, resume: make_callbacks(directory, resume) + [_Interrupt()],
+            lambda directory: make_callbacks(directory) + [_Interrupt()],
         )
         with pytest.raises(RuntimeError, match="simulated interruption"):
             train.main(argv)
-    assert os.path.isdir(os.path.join(output_dir, "backup"))
+    assert os.path.isdir(os.path.join(output_dir, "checkpoints"))
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         assert train.main(argv) == 0
@@ -126,11 +126,16 @@ def test_train_resumes_after_interruption(run):
     with open(os.path.join(output_dir, "metrics.json")) as file:
         metrics = json.load(file)
     # The rerun trained only the missing epoch, continuing the restored state:
-    # 2 epochs x 2 steps in total, the step counter restored from the backup.
-    assert len(metrics["history"]["loss"]) == 1
+    # 2 epochs x 2 steps in total, the step counter and epoch 1's history restored.
+    assert len(metrics["history"]["loss"]) == 2
     assert metrics["global_step"] == 4
-    # A finished run removes its backup, so the next run starts afresh.
-    assert not os.path.exists(os.path.join(output_dir, "backup"))
+    with open(os.path.join(output_dir, "train_steps.jsonl")) as file:
+        steps = [json.loads(line) for line in file]
+    assert [(record["epoch"], record["step"]) for record in steps] == [
+        (0, 1), (0, 2), (1, 3), (1, 4)
+    ]
+    # A finished run removes its saved state, so the next run starts afresh.
+    assert not os.path.exists(os.path.join(output_dir, "checkpoints"))
 
 
 def test_evaluate_program(run, capsys):

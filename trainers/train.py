@@ -8,11 +8,15 @@ nvae-train --preset cifar10 --dataset cifar10 --data_dir ~/tensorflow_datasets \
 ```
 
 Everything goes to --output_dir (default `runs/<preset>`): `model.keras` (saved after every
-epoch), `backup/` (the state an interrupted run resumes from; removed when training ends),
-`logs/` (TensorBoard: metrics, and every --pictures_every_n_epochs epochs sample grids,
-partial-posterior reconstructions and per-group KL under `logs/latents`), and at the end
-`samples.png`, `reconstructions.png` and `metrics.json`.
-Running the same command again after an interruption resumes at the last completed epoch.
+epoch), `checkpoints/` (the training state, saved every --checkpoint_every_steps steps, at every
+epoch end and on SIGTERM/SIGINT; removed when the run is finished), `train_steps.jsonl` (the
+metrics after every step, one JSON line each), `logs/` (TensorBoard: metrics, and every
+--pictures_every_n_epochs epochs sample grids, partial-posterior reconstructions and per-group
+KL under `logs/latents`), and at the end `samples.png`, `reconstructions.png` and
+`metrics.json`. Every file but the pictures and logs is written under a temporary name and
+renamed. Running the same command again after an interruption (even a kill) resumes from the
+last save, inside an epoch, and ends with the weights of an uninterrupted run; after SIGTERM or
+SIGINT the trainer saves first and exits with status 128 + the signal number.
 
 Progress is Keras' progress bar on a terminal and one line per epoch otherwise. The last line
 printed to stdout is the test result,
@@ -20,7 +24,6 @@ e.g. `test bits/dim: 3.6012 (IW, K=100; 159.78 nats/image); NELBO bits/dim: 3.70
 User errors (bad flags, unknown preset, missing data) print one line to stderr and exit with 1.
 """
 
-import json
 import math
 import os
 import sys
@@ -37,6 +40,7 @@ from trainers import image_grid  # noqa: E402
 from trainers import load_dataset  # noqa: E402
 from trainers import one_line  # noqa: E402
 from trainers import parse_absl_flags  # noqa: E402
+from trainers import program_name  # noqa: E402
 from trainers import run_main  # noqa: E402
 from trainers import write_png  # noqa: E402
 
@@ -143,7 +147,15 @@ flags.DEFINE_integer(
 flags.DEFINE_bool(
     "resume",
     True,
-    "Back up the training state every epoch and resume an interrupted run from it.",
+    "Save the training state (every --checkpoint_every_steps steps, every epoch and on "
+    "SIGTERM/SIGINT) and resume an interrupted run from it.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "checkpoint_every_steps",
+    500,
+    "Save the training state every N steps (with --resume); a kill loses at most N steps.",
+    lower_bound=1,
     flag_values=FLAGS,
 )
 
@@ -202,22 +214,42 @@ def worker_directory(strategy, output_dir):
 def make_datasets(config, batch_size):
     """Training and evaluation pipelines, checked against the model's image shape.
 
+    The training data of each epoch is its own pipeline, shuffled and augmented with the
+    epoch's seed, so that a resumed run sees the batches an uninterrupted one sees.
+
     Returns:
-        (train, evaluation, steps per epoch, whether train repeats).
+        (function of the epoch returning its training batches, evaluation data,
+        steps per epoch).
     """
+    from keras_nvae.checkpointing import epoch_seed
+
     repeat = FLAGS.steps_per_epoch is not None
-    common = dict(
-        batch_size=batch_size, data_dir=FLAGS.data_dir, seed=FLAGS.seed, download=FLAGS.download
-    )
+    common = dict(batch_size=batch_size, data_dir=FLAGS.data_dir, download=FLAGS.download)
     hint = (
         f"Pick a matching --preset (now {FLAGS.preset!r}) or "
         "--override image_shape=[height,width,channels]."
     )
-    train = load_dataset(
-        FLAGS.dataset, "train", config.image_shape, hint=hint, repeat=repeat, **common
-    )
+
+    def train_data(epoch):
+        return load_dataset(
+            FLAGS.dataset,
+            "train",
+            config.image_shape,
+            hint=hint,
+            repeat=repeat,
+            seed=epoch_seed(FLAGS.seed, epoch),
+            **common,
+        )
+
+    train = train_data(0)
     test = load_dataset(
-        FLAGS.dataset, FLAGS.eval_split, config.image_shape, hint=hint, shuffle=False, **common
+        FLAGS.dataset,
+        FLAGS.eval_split,
+        config.image_shape,
+        hint=hint,
+        shuffle=False,
+        seed=FLAGS.seed,
+        **common,
     )
     if FLAGS.max_eval_batches:
         test = test.take(FLAGS.max_eval_batches)
@@ -235,21 +267,55 @@ def make_datasets(config, batch_size):
             raise CommandLineError(
                 f"the length of --dataset {FLAGS.dataset!r} is unknown; pass --steps_per_epoch."
             )
-    return train, test, steps, repeat
+    return train_data, test, steps
 
 
-def make_callbacks(directory, resume):
-    """Resume state, latest-model checkpoint and TensorBoard logs under `directory`."""
+def make_callbacks(directory):
+    """The latest model (`model.keras`, written atomically) and TensorBoard logs under
+    `directory`."""
     import keras
 
-    callbacks = []
-    if resume:
-        callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(directory, "backup")))
-    callbacks.append(keras.callbacks.ModelCheckpoint(os.path.join(directory, "model.keras")))
-    callbacks.append(
-        keras.callbacks.TensorBoard(os.path.join(directory, "logs"), write_graph=False)
-    )
-    return callbacks
+    from keras_nvae.checkpointing import ModelSaver
+
+    return [
+        ModelSaver(os.path.join(directory, "model.keras")),
+        keras.callbacks.TensorBoard(os.path.join(directory, "logs"), write_graph=False),
+    ]
+
+
+def fit(model, train_data, test_data, steps, directory, callbacks):
+    """Train resumably (see `keras_nvae.checkpointing.fit_resumable`).
+
+    Returns:
+        The history: {metric: [value per epoch]}, epochs before a resume included.
+
+    Raises:
+        CommandLineError: the training state cannot be saved or restored.
+    """
+    from keras_nvae import checkpointing
+
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as error:
+        raise CommandLineError(
+            f"cannot create the output folder {directory!r} ({error.strerror}); pass a "
+            "writable --output_dir."
+        ) from None
+    try:
+        return checkpointing.fit_resumable(
+            model,
+            train_data,
+            epochs=model.config.epochs,
+            steps_per_epoch=steps,
+            directory=os.path.join(directory, "checkpoints") if FLAGS.resume else None,
+            checkpoint_every_steps=FLAGS.checkpoint_every_steps,
+            step_log=os.path.join(directory, "train_steps.jsonl"),
+            callbacks=callbacks,
+            validation_data=test_data,
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+    except (checkpointing.CheckpointError, checkpointing.CheckpointWriteError) as error:
+        raise CommandLineError(one_line(error)) from None
 
 
 def picture_callbacks(test, directory):
@@ -317,7 +383,7 @@ def evaluate_metrics(model, history, test_data, config, steps, train_seconds):
 
     Args:
         model: the trained `NVAE`.
-        history: the `keras.callbacks.History` of its training.
+        history: its training history, {metric: [value per epoch]}.
         test_data: the evaluation dataset.
         config: the model's `NVAEConfig`.
         steps: training steps per epoch.
@@ -352,7 +418,7 @@ def evaluate_metrics(model, history, test_data, config, steps, train_seconds):
         },
         "history": {
             name: [float(value) for value in values]
-            for name, values in history.history.items()
+            for name, values in history.items()
         },
         "config": config.to_dict(),
     }
@@ -375,6 +441,7 @@ def train():
     import keras
 
     from keras_nvae import NVAE
+    from keras_nvae import checkpointing
 
     keras.utils.set_random_seed(FLAGS.seed)
     keras.mixed_precision.set_global_policy(
@@ -383,7 +450,7 @@ def train():
     strategy = make_strategy()
     directory, is_chief = worker_directory(strategy, output_dir)
     replicas = strategy.num_replicas_in_sync
-    train_data, test_data, steps, repeat = make_datasets(config, config.batch_size * replicas)
+    train_data, test_data, steps = make_datasets(config, config.batch_size * replicas)
     with strategy.scope():
         model = NVAE(config)
         model.compile(
@@ -392,30 +459,27 @@ def train():
             jit_compile="auto" if FLAGS.jit_compile is None else FLAGS.jit_compile,
         )
     log_training_start(model, config, steps, replicas, directory)
-    callbacks = make_callbacks(directory, FLAGS.resume) + picture_callbacks(test_data, directory)
+    callbacks = make_callbacks(directory) + picture_callbacks(test_data, directory)
     start = time.time()
-    history = model.fit(
-        train_data,
-        validation_data=test_data,
-        epochs=config.epochs,
-        steps_per_epoch=steps if repeat else None,
-        callbacks=callbacks,
-        shuffle=False,
-        verbose=1 if sys.stdout.isatty() else 2,
-    )
+    history = fit(model, train_data, test_data, steps, directory, callbacks)
     train_seconds = time.time() - start
 
     metrics = evaluate_metrics(model, history, test_data, config, steps, train_seconds)
     if is_chief:
         write_images(model, test_data, directory)
-        with open(os.path.join(directory, "metrics.json"), "w") as file:
-            json.dump(metrics, file, indent=2)
+        try:
+            checkpointing.write_json(os.path.join(directory, "metrics.json"), metrics)
+        except OSError as error:
+            raise CommandLineError(
+                one_line(checkpointing.write_failure("metrics.json", directory, error))
+            ) from None
         logging.info(
             "Wrote %s{model.keras, samples.png, reconstructions.png, metrics.json}; "
             "TensorBoard logs in %s",
             os.path.join(directory, ""),
             os.path.join(directory, "logs"),
         )
+    checkpointing.CheckpointStore(os.path.join(directory, "checkpoints")).clear()
     test = metrics["test"]
     print(
         f"test bits/dim: {test['iw_bpd']:.4f} (IW, K={FLAGS.eval_samples}; "
@@ -432,9 +496,16 @@ def main(argv):
     `trainers.parse_absl_flags`); tests call `main` in-process.
 
     Returns:
-        The exit status: 0 on success, 1 on a user error (one line on stderr).
+        The exit status: 0 on success, 1 on a user error (one line on stderr),
+        128 + the signal number after SIGTERM/SIGINT (the state is saved first).
     """
-    return run_main(train, FLAGS, argv, __doc__)
+    from keras_nvae.checkpointing import TrainingInterrupted
+
+    try:
+        return run_main(train, FLAGS, argv, __doc__)
+    except TrainingInterrupted as interruption:
+        print(f"{program_name(argv)}: {interruption}", file=sys.stderr)
+        return 128 + interruption.signal_number
 
 
 def run():
