@@ -86,6 +86,33 @@ flags.DEFINE_multi_string(
 flags.DEFINE_float(
     "learning_rate", None, "Peak learning rate (default: the preset's).", flag_values=FLAGS
 )
+flags.DEFINE_integer(
+    "max_consecutive_nonfinite",
+    None,
+    "Stop with an error after this many steps in a row with a non-finite loss or gradient "
+    "(each is skipped and changes nothing); 0 never stops (default: the config's, 10).",
+    lower_bound=0,
+    flag_values=FLAGS,
+)
+flags.DEFINE_float(
+    "grad_clip_norm", None, "Clip gradients to this global norm (default: none).",
+    lower_bound=0.0, flag_values=FLAGS,
+)
+flags.DEFINE_float(
+    "grad_skip_norm",
+    None,
+    "Skip updates whose gradient global norm exceeds this, as VDVAE (default: none).",
+    lower_bound=0.0,
+    flag_values=FLAGS,
+)
+flags.DEFINE_float(
+    "ema_decay",
+    None,
+    "Keep an exponential moving average of the weights with this decay (e.g. 0.9999) for "
+    "evaluation, samples and export (default: none).",
+    lower_bound=0.0,
+    flag_values=FLAGS,
+)
 flags.DEFINE_bool(
     "jit_compile",
     None,
@@ -159,7 +186,15 @@ def make_config():
 
     try:
         overrides = parse_overrides(FLAGS.override)
-        for name in ("epochs", "batch_size", "learning_rate"):
+        for name in (
+            "epochs",
+            "batch_size",
+            "learning_rate",
+            "max_consecutive_nonfinite",
+            "grad_clip_norm",
+            "grad_skip_norm",
+            "ema_decay",
+        ):
             if FLAGS[name].value is not None:
                 overrides[name] = FLAGS[name].value
         return presets.preset_config(FLAGS.preset, **overrides)
@@ -394,15 +429,20 @@ def train():
     log_training_start(model, config, steps, replicas, directory)
     callbacks = make_callbacks(directory, FLAGS.resume) + picture_callbacks(test_data, directory)
     start = time.time()
-    history = model.fit(
-        train_data,
-        validation_data=test_data,
-        epochs=config.epochs,
-        steps_per_epoch=steps if repeat else None,
-        callbacks=callbacks,
-        shuffle=False,
-        verbose=1 if sys.stdout.isatty() else 2,
-    )
+    from keras_nvae.step_guard import NonFiniteTrainingError
+
+    try:
+        history = model.fit(
+            train_data,
+            validation_data=test_data,
+            epochs=config.epochs,
+            steps_per_epoch=steps if repeat else None,
+            callbacks=callbacks,
+            shuffle=False,
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+    except NonFiniteTrainingError as error:
+        raise CommandLineError(one_line(error)) from None
     train_seconds = time.time() - start
 
     metrics = evaluate_metrics(model, history, test_data, config, steps, train_seconds)
