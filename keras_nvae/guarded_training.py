@@ -129,6 +129,7 @@ class GuardedUpdates:
     def _finiteness_checks(self, images, terms):
         """The values `step_guard` checks before the gradients, named by `_check_names`."""
         pixels = tf.constant(0.0)
+        images = tf.convert_to_tensor(images)
         if images.dtype.is_floating:
             pixels = tf.reduce_sum(tf.cast(images, tf.float32) * 0.0)
         recon, spectral, bn, loss = (
