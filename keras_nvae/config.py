@@ -108,6 +108,15 @@ class NVAEConfig:
         weight_decay_norm_init, weight_decay_norm_anneal: lambda annealing.
         learning_rate, learning_rate_min, warmup_epochs, weight_decay, epochs,
         batch_size: optimiser and schedule (Adamax, warm-up then cosine).
+        max_consecutive_nonfinite: steps in a row with a non-finite loss or
+            gradient (each skipped, changing nothing) after which `fit` stops
+            with `keras_nvae.step_guard.NonFiniteTrainingError`; 0 never stops.
+        grad_clip_norm: clip the gradient to this global norm; 0 for none.
+        grad_skip_norm: skip (and count) updates whose gradient global norm,
+            before clipping, exceeds this, as VDVAE does; 0 for none.
+        ema_decay: keep an exponential moving average of the weights with this
+            decay (e.g. 0.9999) and use it for evaluation, sampling and
+            export; 0 for none.
     """
 
     image_shape: tuple = (32, 32, 3)
@@ -147,6 +156,10 @@ class NVAEConfig:
     weight_decay: float = 3e-4
     epochs: int = 200
     batch_size: int = 200
+    max_consecutive_nonfinite: int = 10
+    grad_clip_norm: float = 0.0
+    grad_skip_norm: float = 0.0
+    ema_decay: float = 0.0
 
     def __post_init__(self):
         """Makes `image_shape` a tuple of ints and validates every field."""
@@ -279,6 +292,15 @@ class NVAEConfig:
         _number("learning_rate", self.learning_rate, low=0, low_open=True)
         _number("learning_rate_min", self.learning_rate_min, low=0)
         _number("weight_decay", self.weight_decay, low=0)
+        _positive_int("max_consecutive_nonfinite", self.max_consecutive_nonfinite, minimum=0)
+        _number("grad_clip_norm", self.grad_clip_norm, low=0)
+        _number("grad_skip_norm", self.grad_skip_norm, low=0)
+        _number("ema_decay", self.ema_decay, low=0)
+        if self.ema_decay >= 1:
+            raise ValueError(
+                "NVAEConfig.ema_decay must be in [0, 1) (0: no weight average), got "
+                f"{self.ema_decay!r}."
+            )
 
     # ---------------------------------------------------------------- geometry
     @property

@@ -70,14 +70,15 @@ def bits_per_dim(
     progress = keras.utils.Progbar(_num_batches(dataset, max_batches), verbose=verbose)
     total_nll = 0.0
     num_images = 0
-    for index, batch in enumerate(dataset):
-        if max_batches is not None and index >= max_batches:
-            break
-        images = inputs.unpack_images(batch)
-        log_px = model.log_likelihood(images, num_samples, images_per_pass, seed=seeds)
-        total_nll -= float(tf.reduce_sum(tf.cast(log_px, tf.float64)))
-        num_images += int(images.shape[0])
-        progress.update(index + 1, [("nll_nats", total_nll / num_images)])
+    with model.averaged_weights():
+        for index, batch in enumerate(dataset):
+            if max_batches is not None and index >= max_batches:
+                break
+            images = inputs.unpack_images(batch)
+            log_px = model.log_likelihood(images, num_samples, images_per_pass, seed=seeds)
+            total_nll -= float(tf.reduce_sum(tf.cast(log_px, tf.float64)))
+            num_images += int(images.shape[0])
+            progress.update(index + 1, [("nll_nats", total_nll / num_images)])
     if num_images == 0:
         raise ValueError("bits_per_dim: the dataset yielded no images.")
     nll = total_nll / num_images

@@ -132,4 +132,5 @@ class NVAE(NVAETrainer, NVAENetwork):
             raise ValueError(
                 f"NVAE.export supports format='tf_saved_model' only, got {format!r}."
             )
-        return export_lib.export_saved_model(self, filepath, verbose=verbose, **kwargs)
+        with self.averaged_weights():
+            return export_lib.export_saved_model(self, filepath, verbose=verbose, **kwargs)

@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 
 from keras_nvae import distributions
+from keras_nvae.guarded_training import GuardedUpdates
 from keras_nvae import inputs
 from keras_nvae import objectives
 from keras_nvae import official_layout
@@ -26,15 +27,15 @@ METRIC_NAMES = (
 )
 
 
-class NVAETrainer:
+class NVAETrainer(GuardedUpdates):
     """How an NVAE network is trained: a mixin for `keras.Model` subclasses.
 
     It owns the training state (step counter, the number of steps the
     schedules span, the spectral regulariser's power-iteration vectors and
     the metrics) and the policy: the objective (reconstruction, balanced KL
     with warm-up, spectral and BN regularisers), the default optimizer and
-    learning-rate schedule, `train_step`/`test_step`, and the workarounds
-    that `tf.distribute` needs. The network comes from the class it is mixed
+    learning-rate schedule, `train_step`/`test_step` (updates guarded by
+    `GuardedUpdates`), and the workarounds that `tf.distribute` needs. The network comes from the class it is mixed
     into (`keras_nvae.network.NVAENetwork`); `keras_nvae.NVAE` combines both.
     """
 
@@ -76,6 +77,7 @@ class NVAETrainer:
         self.spectral_regularizer.build(
             [tuple(conv.spectral_matrix().shape) for conv in self._conv_layers]
         )
+        self._build_guard()
 
     # --------------------------------------------------------------- compile
     @property
@@ -314,8 +316,8 @@ class NVAETrainer:
     # ----------------------------------------------------------------- steps
     def train_step(self, data):
         images = inputs.unpack_images(data)
-        terms = self._train_update(images)
-        self._update_trackers(terms, tf.shape(images)[0])
+        terms, finite = self._train_update(images)
+        self._update_trackers(*self._finite_only(terms, finite, tf.shape(images)[0]))
         return self._logs(self._trackers)
 
     def _train_update(self, images, noise=None, kl_coeff=None, reg_coeff=None):
@@ -323,13 +325,15 @@ class NVAETrainer:
 
         Computes the objective (see `compute_objective`; None arguments take
         the schedules' values), differentiates it, applies the optimizer and
-        advances `global_step`.
+        advances `global_step`, unless the step is skipped (`GuardedUpdates`).
 
         Returns:
-            The objective's terms (dict of tensors) before the update.
+            `(terms, finite)`: the objective's terms (dict of tensors) before
+            the update, and whether they and the gradients were finite.
         """
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         variables = self.trainable_variables
+        before = [tf.convert_to_tensor(v) for v in self._forward_state()]
         with tf.GradientTape() as tape:
             terms = self.compute_objective(
                 images, training=True, noise=noise, kl_coeff=kl_coeff, reg_coeff=reg_coeff
@@ -337,9 +341,7 @@ class NVAETrainer:
             loss = terms["loss"] / replicas
             scaled = self.optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, variables)
-        self.optimizer.apply(grads, variables)
-        self.global_step.assign_add(1)
-        return terms
+        return terms, self._guarded_apply(images, terms, grads, before)
 
     def replay_step(self, images, noise, kl_coeff, reg_coeff, learning_rate=None):
         """One training step with given noise, coefficients and learning rate.
@@ -386,7 +388,7 @@ class NVAETrainer:
             _set_learning_rate(self.optimizer, learning_rate)
         if not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
-        return self._train_update(images, noise=noise, kl_coeff=kl_coeff, reg_coeff=reg_coeff)
+        return self._train_update(images, noise, kl_coeff=kl_coeff, reg_coeff=reg_coeff)[0]
 
     def test_step(self, data):
         images = inputs.unpack_images(data)
@@ -413,6 +415,7 @@ class NVAETrainer:
 
     def _logs(self, values):
         logs = {name: self._trackers[name].result() for name in values}
+        logs.update(self._guard_logs() if values is self._trackers else {})
         if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
             # Keras reduces step outputs along axis 0, which scalars lack under
             # MultiWorkerMirroredStrategy (Keras 3.15); the reduction of

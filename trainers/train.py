@@ -90,6 +90,33 @@ flags.DEFINE_multi_string(
 flags.DEFINE_float(
     "learning_rate", None, "Peak learning rate (default: the preset's).", flag_values=FLAGS
 )
+flags.DEFINE_integer(
+    "max_consecutive_nonfinite",
+    None,
+    "Stop with an error after this many steps in a row with a non-finite loss or gradient "
+    "(each is skipped and changes nothing); 0 never stops (default: the config's, 10).",
+    lower_bound=0,
+    flag_values=FLAGS,
+)
+flags.DEFINE_float(
+    "grad_clip_norm", None, "Clip gradients to this global norm (default: none).",
+    lower_bound=0.0, flag_values=FLAGS,
+)
+flags.DEFINE_float(
+    "grad_skip_norm",
+    None,
+    "Skip updates whose gradient global norm exceeds this, as VDVAE (default: none).",
+    lower_bound=0.0,
+    flag_values=FLAGS,
+)
+flags.DEFINE_float(
+    "ema_decay",
+    None,
+    "Keep an exponential moving average of the weights with this decay (e.g. 0.9999) for "
+    "evaluation, samples and export (default: none).",
+    lower_bound=0.0,
+    flag_values=FLAGS,
+)
 flags.DEFINE_bool(
     "jit_compile",
     None,
@@ -171,7 +198,15 @@ def make_config():
 
     try:
         overrides = parse_overrides(FLAGS.override)
-        for name in ("epochs", "batch_size", "learning_rate"):
+        for name in (
+            "epochs",
+            "batch_size",
+            "learning_rate",
+            "max_consecutive_nonfinite",
+            "grad_clip_norm",
+            "grad_skip_norm",
+            "ema_decay",
+        ):
             if FLAGS[name].value is not None:
                 overrides[name] = FLAGS[name].value
         return presets.preset_config(FLAGS.preset, **overrides)
@@ -290,9 +325,11 @@ def fit(model, train_data, test_data, steps, directory, callbacks):
         The history: {metric: [value per epoch]}, epochs before a resume included.
 
     Raises:
-        CommandLineError: the training state cannot be saved or restored.
+        CommandLineError: the training state cannot be saved or restored, or too many
+            consecutive steps were non-finite.
     """
     from keras_nvae import checkpointing
+    from keras_nvae.step_guard import NonFiniteTrainingError
 
     try:
         os.makedirs(directory, exist_ok=True)
@@ -314,7 +351,11 @@ def fit(model, train_data, test_data, steps, directory, callbacks):
             validation_data=test_data,
             verbose=1 if sys.stdout.isatty() else 2,
         )
-    except (checkpointing.CheckpointError, checkpointing.CheckpointWriteError) as error:
+    except (
+        checkpointing.CheckpointError,
+        checkpointing.CheckpointWriteError,
+        NonFiniteTrainingError,
+    ) as error:
         raise CommandLineError(one_line(error)) from None
 
 
