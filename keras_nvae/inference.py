@@ -8,6 +8,9 @@ from keras_nvae import inputs as inputs_lib
 from keras_nvae import latents as latents_lib
 from keras_nvae import noise as noise_lib
 
+# The activation memory of one importance-sampling pass when its size is not given.
+EVAL_MEMORY_BUDGET_BYTES = 2**30
+
 
 class NVAEInference:
     """What a trained NVAE network does: a mixin for `keras_nvae.network.NVAENetwork`.
@@ -226,7 +229,14 @@ class NVAEInference:
             return dist.sample(seed=seed)
         raise ValueError(f"`output` must be 'mean' or 'sample', got {output!r}.")
 
-    def log_likelihood(self, images, num_samples=100, images_per_pass=None, seed=None):
+    def log_likelihood(
+        self,
+        images,
+        num_samples=100,
+        images_per_pass=None,
+        seed=None,
+        memory_budget_bytes=EVAL_MEMORY_BUDGET_BYTES,
+    ):
         """Importance-weighted log p(x) in nats per image (BN in eval mode).
 
         `logsumexp_k(log p(x|z_k) + log p(z_k) - log q(z_k|x)) - log K`. The
@@ -238,22 +248,33 @@ class NVAEInference:
         Args:
             images: NHWC images.
             num_samples: K, the number of importance samples.
-            images_per_pass: optional int; default twice the configuration's
-                training batch size.
+            images_per_pass: optional int. Default: as many images as fit in
+                `memory_budget_bytes` (see `eval_images_per_pass`).
             seed: optional int (reproducible samples) or
                 `keras.random.SeedGenerator` (the samples advance it).
+            memory_budget_bytes: the activation memory one pass may use when
+                `images_per_pass` is None.
 
         Returns:
             (batch,) float32 tensor of log-likelihoods in nats.
+
+        Example:
+        ```python
+        log_px = model.log_likelihood(images, num_samples=1000, seed=0)
+        ```
         """
-        for name, value in (("num_samples", num_samples), ("images_per_pass", images_per_pass)):
+        for name, value in (
+            ("num_samples", num_samples),
+            ("images_per_pass", images_per_pass),
+            ("memory_budget_bytes", memory_budget_bytes),
+        ):
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, int) or value < 1
             ):
                 raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
         noise_lib.CallSeeds(seed)  # Validates `seed` before tracing.
         if images_per_pass is None:
-            images_per_pass = 2 * self.config.batch_size
+            images_per_pass = self.eval_images_per_pass(memory_budget_bytes)
         x, target = self.preprocess_images(images)
         estimate = self._importance_weighted_bound
         if tf.executing_eagerly():
@@ -261,6 +282,57 @@ class NVAEInference:
                 self._compiled_bound = tf.function(estimate, reduce_retracing=True)
             estimate = self._compiled_bound
         return estimate(x, target, num_samples, images_per_pass, seed)
+
+    def score(self, images, num_samples=100, images_per_pass=None, seed=None):
+        """Anomaly scores: the importance-weighted negative log-likelihood of
+        every image in bits per dimension (higher = less likely under the model).
+
+        Args:
+            images: NHWC images.
+            num_samples: K, the number of importance samples.
+            images_per_pass: optional int (see `log_likelihood`).
+            seed: optional int or `keras.random.SeedGenerator`.
+
+        Returns:
+            (batch,) float32 tensor: `-log p(x) / (ln 2 * H * W * C)`.
+
+        Example:
+        ```python
+        scores = model.score(images, num_samples=10, seed=0)
+        ```
+        """
+        log_px = self.log_likelihood(images, num_samples, images_per_pass, seed=seed)
+        return -log_px / (math.log(2.0) * self.config.num_dims)
+
+    def eval_images_per_pass(self, memory_budget_bytes=EVAL_MEMORY_BUDGET_BYTES):
+        """How many images one likelihood pass takes within a memory budget.
+
+        The per-image size is `activation_bytes_per_image()`, the bytes of
+        every tensor of a batch-1 inference pass as if none were freed, an
+        upper bound of what the pass holds at once.
+
+        Args:
+            memory_budget_bytes: int, the activation memory of one pass.
+
+        Returns:
+            int >= 1: `memory_budget_bytes // activation_bytes_per_image()`.
+        """
+        return max(1, memory_budget_bytes // self.activation_bytes_per_image())
+
+    def activation_bytes_per_image(self):
+        """Bytes of all tensors one image's inference forward pass creates.
+
+        Measured once per model on a traced batch-1 pass (posterior samples,
+        BN in inference mode, the decoder likelihood): the sum of the sizes of
+        every floating-point op output of the graph.
+
+        Returns:
+            int, bytes per image.
+        """
+        if getattr(self, "_activation_bytes", None) is None:
+            with tf.init_scope():
+                self._activation_bytes = _graph_activation_bytes(self)
+        return self._activation_bytes
 
     def _importance_weighted_bound(self, x, target, num_samples, images_per_pass, seed):
         batch_size = tf.shape(x)[0]
@@ -283,6 +355,28 @@ class NVAEInference:
             lambda index, _: index < num_passes, one_pass, (tf.constant(0), initial)
         )
         return total - math.log(num_samples)
+
+
+def _graph_activation_bytes(model):
+    """The floating-point op outputs of a traced batch-1 likelihood pass, in bytes."""
+
+    def one_pass(x):
+        out = model._forward(x, training=False)
+        return model.decoder_distribution(out["logits"]).log_prob(
+            inputs_lib.crop_padding(x, model.config)
+        )
+
+    size = model.config.model_image_size
+    spec = tf.TensorSpec((1, size, size, model.config.num_channels), tf.float32)
+    graph = tf.function(one_pass).get_concrete_function(spec).graph
+    total = 0
+    for op in graph.get_operations():
+        if op.type in ("ReadVariableOp", "Const", "VarHandleOp"):
+            continue
+        for output in op.outputs:
+            if output.dtype.is_floating and output.shape.is_fully_defined():
+                total += output.shape.num_elements() * output.dtype.size
+    return max(total, 1)
 
 
 def _call_seeds(seed):
