@@ -242,8 +242,10 @@ class NVAEInference:
         `logsumexp_k(log p(x|z_k) + log p(z_k) - log q(z_k|x)) - log K`. The
         K samples of an image are drawn in passes over the batch repeated
         along the batch axis, at most `images_per_pass` images (but at least
-        one copy of the batch) per pass. Called eagerly, the estimator runs
-        as a `tf.function`, traced once per image shape and arguments.
+        one copy of the batch) per pass; the encoder's bottom-up pass, which
+        does not depend on the samples, runs once. Called eagerly, the
+        estimator runs as a `tf.function`, traced once per image shape and
+        arguments.
 
         Args:
             images: NHWC images.
@@ -338,11 +340,13 @@ class NVAEInference:
         batch_size = tf.shape(x)[0]
         copies = tf.minimum(tf.maximum(1, images_per_pass // batch_size), num_samples)
         num_passes = (num_samples + copies - 1) // copies
+        # With BN in inference mode the bottom-up pass does not depend on the noise.
+        features = [tf.repeat(f, copies, axis=0) for f in self._bottom_up(x, training=False)]
         x, target = tf.repeat(x, copies, axis=0), tf.repeat(target, copies, axis=0)
         seeds = noise_lib.CallSeeds(seed)
 
         def one_pass(index, total):
-            out = self._forward(x, training=False, seeds=seeds.folded(index))
+            out = self._forward(x, False, seeds=seeds.folded(index), features=features)
             log_p_x = self.decoder_distribution(out["logits"]).log_prob(target)
             log_w = tf.reshape(log_p_x + out["log_p"] - out["log_q"], (-1, copies))
             drawn = index * copies + tf.range(copies)
