@@ -9,6 +9,7 @@ process:
 * loop: what a user writes without it: K calls of a `tf.function` of one forward pass
   `model(x, training=False, noise=eps_k)`, then a log-mean-exp of the K log weights. It uses
   the very noise the estimator draws, so both estimates must agree (float32 reordering only).
+  --eager_loop also times the same loop called eagerly, once.
 
 Reports median seconds per batch over --repeats calls after one untimed (compiling) call,
 images/s, the speed-up, and the largest relative difference of the two estimates.
@@ -55,6 +56,9 @@ def build_parser():
     p.add_argument("--images_per_pass", type=int, default=None, help="default: memory budget")
     p.add_argument("--full_images", type=int, default=0, help="images of the full run (0: none)")
     p.add_argument("--full_num_samples", type=int, default=10, help="K of the full run")
+    p.add_argument(
+        "--eager_loop", action="store_true", help="also time the loop run eagerly (one call)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None, help="JSON path (default benchmarks/results/...)")
     return p
@@ -110,14 +114,17 @@ def per_sample_noise(model, batch_size, num_samples, images_per_pass, seed):
     return samples[:num_samples]
 
 
-def make_loop_estimator(model):
-    """log p(x) from one compiled forward pass per importance sample."""
+def make_loop_estimator(model, compiled=True):
+    """log p(x) from one forward pass per importance sample (a `tf.function` of one pass, or
+    eager calls when `compiled` is False)."""
     import tensorflow as tf
 
-    @tf.function(reduce_retracing=True)
     def log_weight(images, noise):
         out = model(images, training=False, noise=noise)
         return -out["recon_nll"] + out["log_p"] - out["log_q"]
+
+    if compiled:
+        log_weight = tf.function(log_weight, reduce_retracing=True)
 
     def estimate(images, noise_per_sample):
         log_w = tf.stack([log_weight(images, noise) for noise in noise_per_sample], axis=1)
@@ -139,7 +146,7 @@ def _timed(fn, repeats):
     return first, compile_s, statistics.median(times)
 
 
-def measure(model, images, num_samples, images_per_pass, repeats, seed):
+def measure(model, images, num_samples, images_per_pass, repeats, seed, eager_loop=False):
     """Times both methods on one batch; returns a result dict."""
     import numpy as np
 
@@ -150,7 +157,14 @@ def measure(model, images, num_samples, images_per_pass, repeats, seed):
     )
     looped, loop_compile, loop_s = _timed(lambda: loop(images, noise), repeats)
     batched, looped = np.asarray(batched, np.float64), np.asarray(looped, np.float64)
+    eager = {}
+    if eager_loop:
+        start = time.perf_counter()
+        make_loop_estimator(model, compiled=False)(images, noise)
+        eager_s = time.perf_counter() - start
+        eager = {"eager_loop_s_per_batch": eager_s, "eager_speedup": eager_s / batched_s}
     return {
+        **eager,
         "num_samples": num_samples,
         "batch_size": len(images),
         "images_per_pass": images_per_pass,
@@ -185,7 +199,10 @@ def main(argv=None):
     images = benchmark_images(model, max(args.batch_size, args.full_images), args.seed)
     load = [os.getloadavg()[0]]
     rows = [
-        measure(model, images[: args.batch_size], k, images_per_pass, args.repeats, args.seed)
+        measure(
+            model, images[: args.batch_size], k, images_per_pass, args.repeats, args.seed,
+            args.eager_loop,
+        )
         for k in args.num_samples
     ]
     result = {
@@ -222,6 +239,11 @@ def _report(result, args):
             f"{r['batched_images_per_s']:.1f} | {r['loop_images_per_s']:.1f} | "
             f"{r['speedup']:.2f}x | {r['max_relative_difference']:.1e} |"
         )
+        if "eager_loop_s_per_batch" in r:
+            print(
+                f"  K={r['num_samples']}: eager loop {r['eager_loop_s_per_batch']:.3f} s/batch, "
+                f"batched {r['eager_speedup']:.1f}x faster"
+            )
     if "full_run" in result:
         full = result["full_run"]
         print(

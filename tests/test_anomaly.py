@@ -111,9 +111,10 @@ def ood_aurocs(seed):
     }
 
 
-# Measured over seeds 0, 1, 2 (BUILD_NOTES.md, "Evaluation"): noise 1.000 / 1.000 / 1.000,
-# inverted MIN_MEASURED. The bounds sit MARGIN below the smallest measured value.
-AUROC_BOUNDS = {"noise": 0.95, "inverted": 0.9}
+# Measured over seeds 0, 1, 2 (BUILD_NOTES.md, "Evaluation"): 1.0 for both kinds of anomaly
+# and every seed (complete separation). The bounds sit 0.05 below that; a model that does not
+# tell the anomalies apart scores ~0.5.
+AUROC_BOUNDS = {"noise": 0.95, "inverted": 0.95}
 
 
 @pytest.mark.slow
