@@ -8,6 +8,9 @@ from keras_nvae import inputs as inputs_lib
 from keras_nvae import latents as latents_lib
 from keras_nvae import noise as noise_lib
 
+# The activation memory of one importance-sampling pass when its size is not given.
+EVAL_MEMORY_BUDGET_BYTES = 2**30
+
 
 class NVAEInference:
     """What a trained NVAE network does: a mixin for `keras_nvae.network.NVAENetwork`.
@@ -228,34 +231,54 @@ class NVAEInference:
             seed = noise_lib.generator_seed(self.seed_generator)
         return dist.sample(seed=seed)
 
-    def log_likelihood(self, images, num_samples=100, images_per_pass=None, seed=None):
+    def log_likelihood(
+        self,
+        images,
+        num_samples=100,
+        images_per_pass=None,
+        seed=None,
+        memory_budget_bytes=EVAL_MEMORY_BUDGET_BYTES,
+    ):
         """Importance-weighted log p(x) in nats per image (BN in eval mode).
 
         `logsumexp_k(log p(x|z_k) + log p(z_k) - log q(z_k|x)) - log K`. The
         K samples of an image are drawn in passes over the batch repeated
         along the batch axis, at most `images_per_pass` images (but at least
-        one copy of the batch) per pass. Called eagerly, the estimator runs
-        as a `tf.function`, traced once per image shape and arguments.
+        one copy of the batch) per pass; the encoder's bottom-up pass, which
+        does not depend on the samples, runs once. Called eagerly, the
+        estimator runs as a `tf.function`, traced once per image shape and
+        arguments.
 
         Args:
             images: NHWC images.
             num_samples: K, the number of importance samples.
-            images_per_pass: optional int; default twice the configuration's
-                training batch size.
+            images_per_pass: optional int. Default: as many images as fit in
+                `memory_budget_bytes` (see `eval_images_per_pass`).
             seed: optional int (reproducible samples) or
                 `keras.random.SeedGenerator` (the samples advance it).
+            memory_budget_bytes: the activation memory one pass may use when
+                `images_per_pass` is None.
 
         Returns:
             (batch,) float32 tensor of log-likelihoods in nats.
+
+        Example:
+        ```python
+        log_px = model.log_likelihood(images, num_samples=1000, seed=0)
+        ```
         """
-        for name, value in (("num_samples", num_samples), ("images_per_pass", images_per_pass)):
+        for name, value in (
+            ("num_samples", num_samples),
+            ("images_per_pass", images_per_pass),
+            ("memory_budget_bytes", memory_budget_bytes),
+        ):
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, int) or value < 1
             ):
                 raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
         noise_lib.CallSeeds(seed)  # Validates `seed` before tracing.
         if images_per_pass is None:
-            images_per_pass = 2 * self.config.batch_size
+            images_per_pass = self.eval_images_per_pass(memory_budget_bytes)
         x, target = self.preprocess_images(images)
         estimate = self._importance_weighted_bound
         if tf.executing_eagerly():
@@ -264,15 +287,68 @@ class NVAEInference:
             estimate = self._compiled_bound
         return estimate(x, target, num_samples, images_per_pass, seed)
 
+    def score(self, images, num_samples=100, images_per_pass=None, seed=None):
+        """Anomaly scores: the importance-weighted negative log-likelihood of
+        every image in bits per dimension (higher = less likely under the model).
+
+        Args:
+            images: NHWC images.
+            num_samples: K, the number of importance samples.
+            images_per_pass: optional int (see `log_likelihood`).
+            seed: optional int or `keras.random.SeedGenerator`.
+
+        Returns:
+            (batch,) float32 tensor: `-log p(x) / (ln 2 * H * W * C)`.
+
+        Example:
+        ```python
+        scores = model.score(images, num_samples=10, seed=0)
+        ```
+        """
+        log_px = self.log_likelihood(images, num_samples, images_per_pass, seed=seed)
+        return -log_px / (math.log(2.0) * self.config.num_dims)
+
+    def eval_images_per_pass(self, memory_budget_bytes=EVAL_MEMORY_BUDGET_BYTES):
+        """How many images one likelihood pass takes within a memory budget.
+
+        The per-image size is `activation_bytes_per_image()`, the bytes of
+        every tensor of a batch-1 inference pass as if none were freed, an
+        upper bound of what the pass holds at once.
+
+        Args:
+            memory_budget_bytes: int, the activation memory of one pass.
+
+        Returns:
+            int >= 1: `memory_budget_bytes // activation_bytes_per_image()`.
+        """
+        return max(1, memory_budget_bytes // self.activation_bytes_per_image())
+
+    def activation_bytes_per_image(self):
+        """Bytes of all tensors one image's inference forward pass creates.
+
+        Measured once per model on a traced batch-1 pass (posterior samples,
+        BN in inference mode, the decoder likelihood): the sum of the sizes of
+        every floating-point op output of the graph.
+
+        Returns:
+            int, bytes per image.
+        """
+        if getattr(self, "_activation_bytes", None) is None:
+            with tf.init_scope():
+                self._activation_bytes = _graph_activation_bytes(self)
+        return self._activation_bytes
+
     def _importance_weighted_bound(self, x, target, num_samples, images_per_pass, seed):
         batch_size = tf.shape(x)[0]
         copies = tf.minimum(tf.maximum(1, images_per_pass // batch_size), num_samples)
         num_passes = (num_samples + copies - 1) // copies
+        # With BN in inference mode the bottom-up pass does not depend on the noise.
+        features = [tf.repeat(f, copies, axis=0) for f in self._bottom_up(x, training=False)]
         x, target = tf.repeat(x, copies, axis=0), tf.repeat(target, copies, axis=0)
         seeds = noise_lib.CallSeeds(seed)
 
         def one_pass(index, total):
-            out = self._forward(x, training=False, seeds=seeds.folded(index))
+            out = self._forward(x, False, seeds=seeds.folded(index), features=features)
             log_p_x = self.decoder_distribution(out["logits"]).log_prob(target)
             log_w = tf.reshape(log_p_x + out["log_p"] - out["log_q"], (-1, copies))
             drawn = index * copies + tf.range(copies)
@@ -285,6 +361,28 @@ class NVAEInference:
             lambda index, _: index < num_passes, one_pass, (tf.constant(0), initial)
         )
         return total - math.log(num_samples)
+
+
+def _graph_activation_bytes(model):
+    """The floating-point op outputs of a traced batch-1 likelihood pass, in bytes."""
+
+    def one_pass(x):
+        out = model._forward(x, training=False)
+        return model.decoder_distribution(out["logits"]).log_prob(
+            inputs_lib.crop_padding(x, model.config)
+        )
+
+    size = model.config.model_image_size
+    spec = tf.TensorSpec((1, size, size, model.config.num_channels), tf.float32)
+    graph = tf.function(one_pass).get_concrete_function(spec).graph
+    total = 0
+    for op in graph.get_operations():
+        if op.type in ("ReadVariableOp", "Const", "VarHandleOp"):
+            continue
+        for output in op.outputs:
+            if output.dtype.is_floating and output.shape.is_fully_defined():
+                total += output.shape.num_elements() * output.dtype.size
+    return max(total, 1)
 
 
 def _call_seeds(seed):

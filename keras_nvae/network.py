@@ -122,10 +122,14 @@ class NVAENetwork(NVAEInference, keras.Model):
             s = cell(s, training=training)
         return tf.cast(self.image_conditional(tf.nn.elu(s)), tf.float32)
 
-    def _forward(self, x, training, noise=None, seeds=None):
-        """The full forward pass; returns decoder params and per-group terms."""
+    def _forward(self, x, training, noise=None, seeds=None, features=None):
+        """The full forward pass; returns decoder params and per-group terms.
+
+        `features`: the bottom-up features of `x` when already computed.
+        """
         batch_size = tf.shape(x)[0]
-        features = self._bottom_up(x, training)
+        if features is None:
+            features = self._bottom_up(x, training)
         terms = {"latents": [], "log_q": [], "log_p": [], "kl": []}
         eps = self._latent_noise(batch_size, noise, seeds)
 

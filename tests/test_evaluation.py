@@ -1,5 +1,8 @@
 """Tests for keras_nvae.evaluation: importance-weighted bits/dim and BN re-adjustment."""
 
+import importlib.util
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -7,7 +10,9 @@ import tensorflow as tf
 
 from conftest import REORDERED_RTOL
 from conftest import noise_seed_state
+from conftest import tiny_images
 from keras_nvae import NVAE, official_layout
+from keras_nvae import distributions
 from keras_nvae import evaluation
 from keras_nvae.layers.normalization import BatchNorm
 
@@ -162,3 +167,43 @@ def test_readjust_bn_is_seeded_and_validates_arguments():
         evaluation.readjust_bn(model, steps=0)
     with pytest.raises(ValueError, match="batch_size"):
         evaluation.readjust_bn(model, batch_size=-1)
+
+
+def _benchmark(name):
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("images_per_pass", [3, 6, 100])  # 1 copy, 2 copies (last partial), all
+def test_batched_estimator_equals_a_loop_of_single_passes(tiny, images_per_pass):
+    # The benchmark's one-forward-pass-per-sample loop, fed the noise the estimator draws.
+    bench = _benchmark("eval_throughput")
+    x = tiny_images(3, seed=5)
+    num_samples = 5
+    batched = tiny.log_likelihood(x, num_samples, images_per_pass, seed=7).numpy()
+    noise = bench.per_sample_noise(tiny, len(x), num_samples, images_per_pass, seed=7)
+    assert len(noise) == num_samples
+    loop = bench.make_loop_estimator(tiny)
+    looped = loop(x, noise).numpy()
+    np.testing.assert_allclose(batched, looped, rtol=REORDERED_RTOL)
+    # Other noise gives another estimate (the check can fail).
+    other = bench.per_sample_noise(tiny, len(x), num_samples, images_per_pass, seed=8)
+    assert np.max(np.abs(loop(x, other).numpy() - batched)) > 1e-3
+
+
+def test_memory_budget_sets_the_images_per_pass(tiny):
+    per_image = tiny.activation_bytes_per_image()
+    # At least the float32 stem output (8 channels) and decoder parameters of a 16x16 image.
+    logits = distributions.decoder_num_channels("dmol", 3, 3)
+    assert per_image >= 4 * 16 * 16 * (8 + logits)
+    assert tiny.eval_images_per_pass(10 * per_image + 1) == 10
+    assert tiny.eval_images_per_pass(1) == 1
+    x = tiny_images(2)
+    by_budget = tiny.log_likelihood(x, 5, seed=3, memory_budget_bytes=4 * per_image)
+    by_count = tiny.log_likelihood(x, 5, images_per_pass=4, seed=3)
+    np.testing.assert_array_equal(by_budget.numpy(), by_count.numpy())
+    with pytest.raises(ValueError, match="memory_budget_bytes"):
+        tiny.log_likelihood(x, 5, memory_budget_bytes=0)

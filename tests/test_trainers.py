@@ -147,6 +147,42 @@ def test_evaluate_program(run, capsys):
     assert re.match(r"^test bits/dim: \d+\.\d+ \(IW, K=2; .* 64 images\); NELBO bits/dim: ", line)
 
 
+
+def test_evaluate_program_writes_anomaly_scores(run, tmp_path, capsys):
+    import numpy as np
+
+    from keras_nvae import data
+    from keras_nvae import evaluation
+
+    output_dir, _ = run
+    model_path = os.path.join(output_dir, "model.keras")
+    output = str(tmp_path / "scores.csv")
+    argv = [
+        "evaluate", f"--model={model_path}", "--mode=score", "--num_samples=2",
+        "--max_batches=1", f"--output={output}", "--seed=3",
+    ]
+    assert evaluate.main(argv) == 0
+    assert "64 anomaly scores" in capsys.readouterr().out
+    with open(output) as file:
+        assert file.readline().strip() == "index,bits_per_dim"
+    table = np.loadtxt(output, delimiter=",", skiprows=1)
+    np.testing.assert_array_equal(table[:, 0], np.arange(64))
+    # The library's scores of the same batch (the test split's first 64 digits) and seed.
+    model = keras.saving.load_model(model_path)
+    expected = evaluation.scores(model, data.digits_arrays("test")[:64], 2, batch_size=64, seed=3)
+    np.testing.assert_allclose(table[:, 1], expected, rtol=1e-5)
+
+
+def test_evaluate_program_fid_needs_the_inception_weights(run, tmp_path, capsys):
+    output_dir, _ = run
+    argv = [
+        "evaluate", f"--model={os.path.join(output_dir, 'model.keras')}", "--mode=fid",
+        f"--inception_weights={tmp_path / 'none.h5'}",
+    ]
+    line = _error(evaluate.main, argv, capsys)
+    assert line.startswith("evaluate: error: --inception_weights: ") and "none.h5" in line, line
+    assert "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5" in line
+
 def _sample(run, tmp_path, *flags):
     output_dir, _ = run
     argv = [
