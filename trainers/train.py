@@ -540,13 +540,17 @@ def main(argv):
         The exit status: 0 on success, 1 on a user error (one line on stderr),
         128 + the signal number after SIGTERM/SIGINT (the state is saved first).
     """
-    from keras_nvae.checkpointing import TrainingInterrupted
-
     try:
         return run_main(train, FLAGS, argv, __doc__)
-    except TrainingInterrupted as interruption:
-        print(f"{program_name(argv)}: {interruption}", file=sys.stderr)
-        return 128 + interruption.signal_number
+    except Exception as error:
+        # Only `train()` imports keras_nvae.checkpointing, the sole source of
+        # TrainingInterrupted; importing it before would load TensorFlow before
+        # the flags are checked.
+        checkpointing = sys.modules.get("keras_nvae.checkpointing")
+        if checkpointing is None or not isinstance(error, checkpointing.TrainingInterrupted):
+            raise
+        print(f"{program_name(argv)}: {error}", file=sys.stderr)
+        return 128 + error.signal_number
 
 
 def run():
