@@ -192,30 +192,3 @@ def assert_matches_reference(actual, expected, what):
     error = relative_error(actual, expected)
     assert error <= PARITY_RTOL, f"{what}: max abs err / max abs = {error:.3g} > {PARITY_RTOL}"
 
-
-# Files holding the longest tests, longest first. They are collected first, so that under
-# `pytest -n 2 --dist loadfile` (`make test`) the two processes start on them and finish
-# together, instead of one process running a long file alone at the end.
-_LONG_FILES = (
-    "test_kill.py",
-    "test_distribute.py",
-    "test_nonfinite.py",
-    "test_trainers.py",
-    "test_model.py",
-    "test_stability.py",
-    "test_tuning.py",
-    "test_config.py",
-    "test_export.py",
-    "test_convert.py",
-    "test_anomaly.py",
-)
-
-
-def pytest_collection_modifyitems(items):
-    """Run the files of `_LONG_FILES` first, in that order; the rest keep theirs."""
-
-    def rank(item):
-        name = item.path.name
-        return _LONG_FILES.index(name) if name in _LONG_FILES else len(_LONG_FILES)
-
-    items.sort(key=rank)
