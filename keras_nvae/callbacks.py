@@ -128,11 +128,7 @@ class LatentSummaries(keras.callbacks.Callback):
 
 def bn_statistics(model):
     """(variable, value) of every BN moving mean and variance of `model`."""
-    return [
-        (variable, variable.numpy())
-        for layer in model._bn_layers
-        for variable in (layer.moving_mean, layer.moving_variance)
-    ]
+    return [(variable, variable.numpy()) for variable in model.bn_moving_variables()]
 
 
 def restore_bn_statistics(statistics):

@@ -93,10 +93,13 @@ class GuardedUpdates:
             "grad_skip_norm), or resume from an earlier checkpoint."
         )
 
+    def bn_moving_variables(self):
+        """The moving mean and variance of every BN layer, layer by layer."""
+        return [v for layer in self._bn_layers for v in (layer.moving_mean, layer.moving_variance)]
+
     def _forward_state(self):
         """The variables a training-mode forward pass changes: BN statistics, power iteration."""
-        bn = [v for layer in self._bn_layers for v in (layer.moving_mean, layer.moving_variance)]
-        return bn + list(self.spectral_regularizer.variables)
+        return self.bn_moving_variables() + list(self.spectral_regularizer.variables)
 
     def _guarded_apply(self, images, terms, grads, before):
         """Apply the update of one step unless `step_guard` skips it.
