@@ -277,6 +277,8 @@ class NVAEInference:
             ):
                 raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
         noise_lib.CallSeeds(seed)  # Validates `seed` before tracing.
+        if isinstance(seed, int):
+            seed = noise_lib.base_seed(seed)  # One trace for every int seed.
         if images_per_pass is None:
             images_per_pass = self.eval_images_per_pass(memory_budget_bytes)
         x, target = self.preprocess_images(images)

@@ -38,13 +38,21 @@ def generator_seed(generator):
     return seed
 
 
+def base_seed(seed):
+    """The stateless base seed of the int `seed`: a shape-(2,) int32 tensor."""
+    return tf.constant([seed, 0], tf.int32)
+
+
 class CallSeeds:
     """The seeds of the random draws of one inference call.
 
     Args:
         seed: None (draws use the model's seed generator), an int in
-            [0, 2**31) (draws are reproducible functions of the seed), or a
-            `keras.random.SeedGenerator` (draws advance it).
+            [0, 2**31) (draws are reproducible functions of the seed), a
+            `keras.random.SeedGenerator` (draws advance it), or the
+            shape-(2,) int32 tensor `base_seed(n)` of an int `n`, which
+            gives the draws of `n` (a `tf.function` taking it is traced once
+            for all seeds).
 
     Raises:
         ValueError: `seed` is none of those.
@@ -61,13 +69,15 @@ class CallSeeds:
         self._base = None
         if isinstance(seed, keras.random.SeedGenerator):
             self._generator = seed
+        elif tf.is_tensor(seed):
+            self._base = seed
         elif seed is not None:
             if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
                 raise ValueError(
                     "`seed` must be None, an int in [0, 2**31) or a "
                     f"keras.random.SeedGenerator, got {seed!r}."
                 )
-            self._base = tf.constant([seed, 0], tf.int32)
+            self._base = base_seed(seed)
 
     @classmethod
     def _from_base(cls, base):

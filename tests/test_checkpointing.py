@@ -11,8 +11,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import lean_tiny
 
-from keras_nvae import NVAE
 from keras_nvae import checkpointing
 from keras_nvae.checkpointing import CheckpointStore
 
@@ -129,12 +129,8 @@ def test_a_kill_before_the_rename_leaves_the_previous_save_in_use(tmp_path, monk
 
 
 # ------------------------------------------------------------- write failures
-# `tiny` with one latent scale and no flows: its train step traces in half the time.
-SMALL = dict(num_latent_scales=1, num_flows=0)
-
-
 def _compiled_tiny():
-    model = NVAE.from_preset("tiny", **SMALL)
+    model = lean_tiny()
     model.compile(total_steps=10, steps_per_epoch=5, jit_compile=False)
     model.optimizer.build(model.trainable_variables)
     return model
@@ -142,7 +138,7 @@ def _compiled_tiny():
 
 @pytest.fixture(scope="module")
 def compiled_tiny():
-    """A compiled small `tiny` NVAE of this module (its state is saved, never changed)."""
+    """A compiled lean `tiny` NVAE of this module (its state is saved, never changed)."""
     return _compiled_tiny()
 
 

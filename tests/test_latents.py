@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import lean_tiny
 from keras_nvae import NVAE
 from keras_nvae import latents
 from keras_nvae import noise as noise_lib
@@ -204,7 +205,7 @@ def test_explicit_seeds_make_every_draw_reproducible(tiny):
 def test_the_models_noise_follows_keras_global_seed():
     def model_with_seed(seed):
         keras.utils.set_random_seed(seed)
-        return NVAE.from_preset("tiny")
+        return lean_tiny()
 
     a, b, c = model_with_seed(3), model_with_seed(3), model_with_seed(4)
     state = c.seed_generator.state.numpy()

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import fixed_noise
+from conftest import lean_tiny
 from conftest import tiny_images
 from keras_nvae import NVAE, NVAEConfig
 from keras_nvae.layers.conv import spectral_matrices
@@ -198,7 +199,7 @@ def test_eager_and_xla_give_the_same_loss():
 
 
 def test_fit_reduces_loss_and_save_load_round_trip(tmp_path):
-    model = NVAE.from_preset("tiny")
+    model = lean_tiny()
     x = tiny_images(16)
     ds = tf.data.Dataset.from_tensor_slices(x).batch(8)
     model.compile()
@@ -281,10 +282,15 @@ def test_log_likelihood_runs_compiled_when_called_eagerly(tiny):
     # New importance samples each call, so the estimates differ but stay close.
     assert not np.array_equal(first.numpy(), second.numpy())
     np.testing.assert_allclose(first.numpy(), second.numpy(), rtol=0.05)
+    # Int seeds are traced once for all: the seed is a tensor argument.
+    seeded = [tiny.log_likelihood(x, 3, 4, seed=seed).numpy() for seed in (5, 6, 5)]
+    assert tiny._compiled_bound.experimental_get_tracing_count() == traces + 1
+    np.testing.assert_array_equal(seeded[0], seeded[2])
+    assert not np.array_equal(seeded[0], seeded[1])
 
 
 def test_compile_resolves_the_schedules_once():
-    model = NVAE.from_preset("tiny")
+    model = lean_tiny()
     model.compile()
     assert model.optimizer is None  # made once fit knows how many steps it runs
     x = tiny_images(8)

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import tiny_images
+from conftest import lean_tiny, tiny_images
 
 from keras_nvae import NVAE
 from keras_nvae.step_guard import NonFiniteTrainingError
@@ -49,9 +49,9 @@ def nan_images(n=8, bad=(0,)):
 
 
 def trained_tiny(**overrides):
-    """A tiny NVAE after one good step (slots, BN statistics and power iteration moved)."""
+    """A lean tiny NVAE after one good step (slots, BN statistics and power iteration moved)."""
     keras.utils.set_random_seed(0)
-    model = NVAE.from_preset("tiny", **overrides)
+    model = lean_tiny(**overrides)
     model.compile(total_steps=20)
     model.fit(tiny_images(), batch_size=8, epochs=1, verbose=0)
     return model
@@ -94,12 +94,12 @@ class PoisonedGradient(NVAE):
 
 @pytest.fixture(scope="module")
 def model():
-    """One tiny model (one trace of the train step) for the float32 tests of this file.
+    """One lean tiny model (one trace of the train step) for the float32 tests of this file.
 
     Each test starts with a good step, which ends any run of non-finite steps.
     """
     keras.utils.set_random_seed(0)
-    model = PoisonedGradient(NVAE.from_preset("tiny", max_consecutive_nonfinite=2).config)
+    model = PoisonedGradient(lean_tiny(max_consecutive_nonfinite=2).config)
     model.compile(total_steps=100)
     return model
 

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import fixed_noise, noise_seed_state, tiny_images
+from conftest import fixed_noise, lean_tiny, noise_seed_state, tiny_images
 
 from keras_nvae import NVAE
 from keras_nvae.config import NVAEConfig
@@ -25,9 +25,9 @@ class RecordingSGD(keras.optimizers.SGD):
 
 
 def sgd_tiny(learning_rate=0.1, **overrides):
-    """A tiny NVAE (fixed initial weights) compiled with `RecordingSGD`."""
+    """A lean tiny NVAE (fixed initial weights) compiled with `RecordingSGD`."""
     keras.utils.set_random_seed(0)
-    model = NVAE.from_preset("tiny", **overrides)
+    model = lean_tiny(**overrides)
     model.compile(optimizer=RecordingSGD(learning_rate=learning_rate))
     return model
 
@@ -117,7 +117,7 @@ def test_weight_average_follows_the_closed_form_and_is_used_for_sampling():
     assert any(not np.allclose(w, e) for w, e in zip(weights, expected))
 
     # `sample` uses the average: a model without average holding its values samples alike.
-    plain = NVAE.from_preset("tiny")
+    plain = lean_tiny()
     # Layer names differ between models; both list their variables in one order.
     own = [v for v in model.variables if "weight_average" not in v.path]
     assert len(own) == len(plain.variables)

@@ -1,7 +1,7 @@
 """One worker of a two-worker MultiWorkerMirroredStrategy NVAE run on loopback.
 
 Usage: multi_worker.py PORT0 PORT1 INDEX OUTPUT_JSON. Both workers train the tiny
-preset for two steps on the same data; each writes its final loss, step and a weight
+preset (one latent scale, no flows) for two steps on the same data; each writes its final loss, step and a weight
 checksum to its OUTPUT_JSON.
 """
 
@@ -20,6 +20,9 @@ os.environ["TF_CONFIG"] = json.dumps(
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+# Grappler's graph rewrites off, as in the test processes (tests/conftest.py).
+tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+
 from keras_nvae import NVAE  # noqa: E402
 
 # The default heartbeat timeout of the coordination service aborts the run when a
@@ -36,7 +39,7 @@ context.context().configure_coordination_service(
 )
 strategy = tf.distribute.MultiWorkerMirroredStrategy()
 with strategy.scope():
-    model = NVAE.from_preset("tiny")
+    model = NVAE.from_preset("tiny", num_latent_scales=1, num_flows=0)
     model.compile(total_steps=2)
 images = np.random.RandomState(0).randint(0, 256, (16, 16, 16, 3)).astype("uint8")
 dataset = tf.data.Dataset.from_tensor_slices(images).batch(8)

@@ -19,14 +19,14 @@ TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.dirname(TESTS), TESTS]
 
 from conftest import assert_state_unchanged  # noqa: E402
+from conftest import lean_tiny  # noqa: E402
 from conftest import model_state  # noqa: E402
 from conftest import tiny_images  # noqa: E402
-from keras_nvae import NVAE  # noqa: E402
 from keras_nvae import optimizers  # noqa: E402
 
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 with strategy.scope():
-    model = NVAE.from_preset("tiny")
+    model = lean_tiny()
     model.compile(optimizer=optimizers.NVAEAdamax(1e-3), total_steps=10)
     model.optimizer.build(model.trainable_variables)
 
