@@ -103,7 +103,6 @@ def assert_state_unchanged(model, before):
 # steps, schedules, guards, saving, distribution, programs) rather than of the network itself:
 # its first `fit` traces in 15.6 s against the full `tiny`'s 39.8 s.
 LEAN_TINY = {"num_latent_scales": 1, "num_flows": 0}
-LEAN_TINY_FLAGS = [f"--override={key}={value}" for key, value in LEAN_TINY.items()]
 
 
 def lean_tiny(**overrides):

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import LEAN_TINY
-from keras_nvae import NVAE
+from conftest import lean_tiny
 from keras_nvae.layers import ResidualCell
 from keras_nvae.layers.remat import is_recomputing, rematerialize
 
@@ -69,8 +68,8 @@ def test_rematerialize_recomputes_in_the_backward_pass():
 
 def test_remat_model_trains_like_the_plain_model():
     x = np.random.RandomState(0).randint(0, 256, (4, 16, 16, 3)).astype("uint8")
-    plain = NVAE.from_preset("tiny", **LEAN_TINY)
-    remat = NVAE.from_preset("tiny", **LEAN_TINY, remat=True)
+    plain = lean_tiny()
+    remat = lean_tiny(remat=True)
     assert remat.config.remat and all(
         cell.remat for cell in remat.pre_process + remat.post_process
     )
