@@ -29,6 +29,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_nvae import datasets
+from keras_nvae import image_files
+from keras_nvae.image_files import BadImageFileError  # noqa: F401 (public)
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -456,20 +458,21 @@ def _list_images(path):
     return sorted(files)
 
 
-def _image_file_decoder(image_size, channels):
-    """Returns a `tf.data` function from an image file name to its square image.
+def _image_file_decoder(image_size, channels, skip_bad_images=False):
+    """Returns a function from a dataset of image file names to their images.
 
-    A file that cannot be read or decoded (truncated, empty, not a PNG or
-    JPEG) stops the iteration with an `InvalidArgumentError` whose message
-    names the file.
+    A file that cannot be read or decoded stops the iteration with an
+    `InvalidArgumentError` whose message names the file or, with
+    `skip_bad_images`, is left out (`tf.data` logs a warning).
 
     Args:
         image_size: side length of the output images.
         channels: 3 to decode as RGB, 1 as grayscale.
+        skip_bad_images: leave out files that fail to decode.
 
     Returns:
-        A function mapping a PNG/JPEG file name to the centre-cropped, resized
-        `(image_size, image_size, channels)` image.
+        A function mapping a dataset of PNG/JPEG file names to one of the
+        centre-cropped, resized `(image_size, image_size, channels)` images.
     """
 
     def decode(filename):
@@ -497,7 +500,12 @@ def _image_file_decoder(image_size, channels):
         decoded = file.map(decode).ignore_errors()
         return decoded.concatenate(file.map(unreadable)).take(1).get_single_element()
 
-    return decode_or_fail
+    def decode_files(files):
+        if skip_bad_images:
+            return files.map(decode, num_parallel_calls=AUTOTUNE).ignore_errors(log_warning=True)
+        return files.map(decode_or_fail, num_parallel_calls=AUTOTUNE)
+
+    return decode_files
 
 
 def load_image_folder(
@@ -513,11 +521,14 @@ def load_image_folder(
     repeat=False,
     cache=None,
     shuffle_buffer=10_000,
+    skip_bad_images=False,
 ):
     """Loads PNG/JPEG images from a folder (searched recursively).
 
     Each image is decoded with `tf.io`, centre-cropped to a square and resized
-    to `image_size` x `image_size` (bilinear, antialiased).
+    to `image_size` x `image_size` (bilinear, antialiased). Every file's first
+    and last bytes are checked first (`keras_nvae.image_files`): empty,
+    truncated and non-image files are found when the dataset is created.
 
     Args:
         path: folder containing the images (local or any `tf.io.gfile` path).
@@ -534,6 +545,10 @@ def load_image_folder(
             when they take at most 1 GiB.
         shuffle_buffer: shuffle buffer size when the images are cached
             (otherwise the file list is shuffled in full).
+        skip_bad_images: leave out bad files instead of raising: those the
+            check finds (counted and named in a warning) and those that
+            fail to decode (each logged by `tf.data` when it is skipped).
+            The dataset's size is then unknown to `tf.data`.
 
     Returns:
         A `tf.data.Dataset` of `(batch, image_size, image_size, channels)`
@@ -541,8 +556,11 @@ def load_image_folder(
 
     Raises:
         FileNotFoundError: if the folder does not exist or has no images.
+        keras_nvae.image_files.BadImageFileError: some files are empty,
+            truncated or not PNG/JPEG (all of them, with `skip_bad_images`);
+            the message names them.
         tf.errors.InvalidArgumentError: while iterating, naming a file that
-            cannot be decoded (the files are decoded lazily).
+            passed the check but cannot be decoded (corrupt inside).
 
     Example:
 
@@ -555,19 +573,19 @@ def load_image_folder(
     if not isinstance(image_size, (int, np.integer)) or image_size < 1:
         raise ValueError(f"image_size must be a positive integer; got {image_size!r}.")
     image_size = int(image_size)
-    files = _list_images(os.fspath(path))
+    files = image_files.usable_files(_list_images(os.fspath(path)), skip_bad_images)
     if cache is None:
         cache = len(files) * image_size * image_size * channels <= _CACHE_LIMIT_BYTES
-    decode = _image_file_decoder(image_size, channels)
+    decode = _image_file_decoder(image_size, channels, skip_bad_images)
     ds = tf.data.Dataset.from_tensor_slices(files)
     if cache:
-        ds = ds.map(decode, num_parallel_calls=AUTOTUNE).cache()
+        ds = decode(ds).cache()
         buffer = min(len(files), shuffle_buffer)
     else:
         # Shuffle the (cheap) file names in full, then decode.
         if shuffle:
             ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.map(decode, num_parallel_calls=AUTOTUNE)
+        ds = decode(ds)
         shuffle, buffer = False, None
     return _finish(
         ds,
@@ -814,16 +832,20 @@ def load_tfds(
 
 
 def _load_array_file(path, split):
-    """Reads the images of `split` from a `.npy` or `.npz` file."""
+    """Reads the images of `split` from a `.npy` or `.npz` file.
+
+    Returns:
+        (the array's name in the file, the array).
+    """
     if path.endswith(".npy"):
         arrays = {"images": np.load(path, allow_pickle=False)}
     else:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
     if split in arrays:
-        return arrays[split]
+        return split, arrays[split]
     if len(arrays) == 1 and split == "train":
-        return next(iter(arrays.values()))
+        return next(iter(arrays.items()))
     if len(arrays) == 1:
         raise ValueError(
             f"{path!r} holds a single image array, which is used as the "
@@ -862,7 +884,8 @@ def _array_source_images(source, split, image_size):
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the split is missing or the images have another size.
+        ValueError: the split is missing, or the images have another size or
+            an unsupported dtype or shape (naming the file and the array).
     """
     if source == "digits":
         images = digits_arrays(split)
@@ -870,9 +893,16 @@ def _array_source_images(source, split, image_size):
         return images
     if not os.path.isfile(source):
         raise FileNotFoundError(f"Image array file {source!r} does not exist.")
-    images = _load_array_file(source, split)
-    _check_image_size(images, image_size, repr(source))
-    return images
+    name, images = _load_array_file(source, split)
+    try:
+        checked = _validate_images(images)
+    except ValueError as error:
+        raise ValueError(
+            f"The array {name!r} in {source!r} (dtype {images.dtype}, shape "
+            f"{images.shape}) cannot be used as images: {error}"
+        ) from None
+    _check_image_size(checked, image_size, repr(source))
+    return checked
 
 
 def _image_folder_split(source, split, image_size):
@@ -953,6 +983,7 @@ def make_dataset(
     drop_remainder=False,
     repeat=False,
     download=False,
+    skip_bad_images=False,
 ):
     """Builds the image pipeline for any supported data source.
 
@@ -985,12 +1016,19 @@ def make_dataset(
         drop_remainder: whether to drop the last, smaller batch.
         repeat: whether to repeat the data indefinitely.
         download: whether TFDS datasets may be downloaded.
+        skip_bad_images: image folders only: leave out empty, truncated,
+            non-image and undecodable files, with a warning (see
+            `load_image_folder`), instead of raising.
 
     Returns:
         A `tf.data.Dataset` of NHWC image batches.
 
     Raises:
-        ValueError: for an unknown source or an unsupported split.
+        ValueError: for an unknown source or an unsupported split, or an
+            array file whose images have an unsupported dtype or shape (the
+            message names the file and the array).
+        keras_nvae.image_files.BadImageFileError: for bad files in an image
+            folder (a `ValueError`).
         FileNotFoundError: for a missing file or an empty folder.
         DatasetNotAvailableError: for a TFDS dataset that is not prepared.
 
@@ -1017,5 +1055,5 @@ def make_dataset(
         return from_numpy(_array_source_images(source, split, image_size), **options)
     if tf.io.gfile.isdir(source):
         folder = _image_folder_split(source, split, image_size)
-        return load_image_folder(folder, image_size, **options)
+        return load_image_folder(folder, image_size, skip_bad_images=skip_bad_images, **options)
     return _load_tfds_source(source, split, data_dir, download, image_size, options)
