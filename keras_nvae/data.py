@@ -526,9 +526,9 @@ def load_image_folder(
     """Loads PNG/JPEG images from a folder (searched recursively).
 
     Each image is decoded with `tf.io`, centre-cropped to a square and resized
-    to `image_size` x `image_size` (bilinear, antialiased). Every file's first
-    and last bytes are checked first (`keras_nvae.image_files`): empty,
-    truncated and non-image files are found when the dataset is created.
+    to `image_size` x `image_size` (bilinear, antialiased). Empty, truncated
+    and non-image files are found when the dataset is created
+    (`keras_nvae.image_files` reads each file's first and last bytes).
 
     Args:
         path: folder containing the images (local or any `tf.io.gfile` path).
@@ -545,10 +545,8 @@ def load_image_folder(
             when they take at most 1 GiB.
         shuffle_buffer: shuffle buffer size when the images are cached
             (otherwise the file list is shuffled in full).
-        skip_bad_images: leave out bad files instead of raising: those the
-            check finds (counted and named in a warning) and those that
-            fail to decode (each logged by `tf.data` when it is skipped).
-            The dataset's size is then unknown to `tf.data`.
+        skip_bad_images: leave out bad files (named in a warning) and files
+            that fail to decode (logged by `tf.data`) instead of raising.
 
     Returns:
         A `tf.data.Dataset` of `(batch, image_size, image_size, channels)`
@@ -556,14 +554,11 @@ def load_image_folder(
 
     Raises:
         FileNotFoundError: if the folder does not exist or has no images.
-        keras_nvae.image_files.BadImageFileError: some files are empty,
-            truncated or not PNG/JPEG (all of them, with `skip_bad_images`);
-            the message names them.
+        BadImageFileError: naming empty, truncated or non-image files.
         tf.errors.InvalidArgumentError: while iterating, naming a file that
             passed the check but cannot be decoded (corrupt inside).
 
     Example:
-
     ```python
     ds = load_image_folder("/data/ffhq/thumbnails", image_size=64, batch_size=32)
     ```
@@ -588,15 +583,8 @@ def load_image_folder(
         ds = decode(ds)
         shuffle, buffer = False, None
     return _finish(
-        ds,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        shuffle_buffer=buffer,
-        seed=seed,
-        repeat=repeat,
-        drop_remainder=drop_remainder,
-        flip=flip,
-        binarize=binarize,
+        ds, batch_size=batch_size, shuffle=shuffle, shuffle_buffer=buffer, seed=seed,
+        repeat=repeat, drop_remainder=drop_remainder, flip=flip, binarize=binarize,
     )
 
 
@@ -1016,19 +1004,15 @@ def make_dataset(
         drop_remainder: whether to drop the last, smaller batch.
         repeat: whether to repeat the data indefinitely.
         download: whether TFDS datasets may be downloaded.
-        skip_bad_images: image folders only: leave out empty, truncated,
-            non-image and undecodable files, with a warning (see
-            `load_image_folder`), instead of raising.
+        skip_bad_images: image folders only; see `load_image_folder`.
 
     Returns:
         A `tf.data.Dataset` of NHWC image batches.
 
     Raises:
-        ValueError: for an unknown source or an unsupported split, or an
-            array file whose images have an unsupported dtype or shape (the
-            message names the file and the array).
-        keras_nvae.image_files.BadImageFileError: for bad files in an image
-            folder (a `ValueError`).
+        ValueError: for an unknown source or split, or array images of an
+            unsupported dtype or layout (naming the file and the array).
+        BadImageFileError: for bad files in an image folder.
         FileNotFoundError: for a missing file or an empty folder.
         DatasetNotAvailableError: for a TFDS dataset that is not prepared.
 
@@ -1043,13 +1027,8 @@ def make_dataset(
     if shuffle is None:
         shuffle = split.startswith("train")
     options = dict(
-        batch_size=batch_size,
-        shuffle=shuffle,
-        flip=flip,
-        binarize=binarize,
-        seed=seed,
-        drop_remainder=drop_remainder,
-        repeat=repeat,
+        batch_size=batch_size, shuffle=shuffle, flip=flip, binarize=binarize, seed=seed,
+        drop_remainder=drop_remainder, repeat=repeat,
     )
     if source == "digits" or source.lower().endswith(_ARRAY_EXTENSIONS):
         return from_numpy(_array_source_images(source, split, image_size), **options)
