@@ -18,6 +18,7 @@ from keras_nvae import (  # noqa: E402
     objectives,
     optimizers,
     parity,
+    preset_directory,
     presets,
     tuning,
 )
