@@ -402,8 +402,8 @@ SAVED_MODEL_CASES = {
     ),
     "not_an_nvae_export": (
         None,
-        r"has no reconstruct, encode, log_likelihood endpoint\(s\): it was not written by "
-        r"NVAE.export",
+        r"has no sample_seeded, reconstruct, reconstruct_seeded, encode, log_likelihood "
+        r"endpoint\(s\): it was not written by NVAE.export",
     ),
 }
 
