@@ -3,14 +3,15 @@
 Every endpoint has a strict signature (`tf.TensorSpec` dtypes and shapes);
 the SavedModel needs TensorFlow only, not keras_nvae, to be served.
 
-| endpoint | inputs | outputs |
-|---|---|---|
-| `sample` (`serving_default`) | `num_samples` int32 (), `temperature` float32 () | `images` float32 [0, 1] NHWC |
-| `sample_seeded` | as `sample`, and `seed` int32 () | `images` |
-| `reconstruct` | `images` uint8 (batch, H, W, C) | `images` float32 [0, 1] |
-| `reconstruct_seeded` | `images`, `seed` int32 () | `images` |
-| `encode` | `images` | `z_00`, `z_01`, ...: one posterior sample per latent group (decoder order) |
-| `log_likelihood` | `images`, `num_samples` int32 () | `nats`, `bits_per_dim`: (batch,) importance weighted |
+- `sample(num_samples: int32 (), temperature: float32 ())` -> `images`
+  float32 [0, 1] NHWC; also `serving_default`.
+- `sample_seeded(num_samples, temperature, seed: int32 ())` -> `images`.
+- `reconstruct(images: uint8 (batch, H, W, C))` -> `images` float32 [0, 1].
+- `reconstruct_seeded(images, seed: int32 ())` -> `images`.
+- `encode(images)` -> `z_00`, `z_01`, ...: one posterior sample per latent
+  group (decoder order).
+- `log_likelihood(images, num_samples: int32 ())` -> `nats` and
+  `bits_per_dim`, (batch,), importance weighted.
 
 BN runs in inference mode (running statistics) everywhere. The unseeded
 endpoints draw from the model's seed-generator state, which advances on every
@@ -20,11 +21,11 @@ Keras model's `sample(..., seed=seed)` and `reconstruct(..., seed=seed)`.
 Wrong inputs are refused before anything is computed:
 
 - called as `served.<endpoint>(...)` (the functions `tf.saved_model.load`
-  restores), another dtype or image shape raises `TypeError` ("Binding inputs
-  to tf.function failed due to `Can not cast TensorSpec(...) to
-  TensorSpec(...)`");
-- called through `served.signatures["<endpoint>"]` (what TF Serving and
-  `keras.layers.TFSMLayer` call), another dtype raises
+  restores, which `keras.layers.TFSMLayer` calls), another dtype or image
+  shape raises `TypeError` ("Binding inputs to tf.function failed due to
+  `Can not cast TensorSpec(...) to TensorSpec(...)`");
+- called through `served.signatures["<endpoint>"]` (what TF Serving calls),
+  another dtype raises
   `tf.errors.InvalidArgumentError` ("... was expected to be a uint8 tensor
   but is a float tensor"), and images of another shape raise it with "images
   must be uint8 of shape (batch, H, W, C), got [...]";

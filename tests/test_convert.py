@@ -533,7 +533,12 @@ def test_cli_converts_npz_to_a_preset_directory(tmp_path, cli):
     checkpoint = _write_npz(tmp_path / "checkpoint.npz", args, state)
     preset_dir = str(tmp_path / "nvae_cifar")
     status = cli.main(
-        ["convert.py", f"--checkpoint={checkpoint}", f"--preset_dir={preset_dir}", "--official_dmol"]
+        [
+            "convert.py",
+            f"--checkpoint={checkpoint}",
+            f"--preset_dir={preset_dir}",
+            "--official_dmol",
+        ]
     )
     assert status == 0
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.npz", "nvae_cifar"]  # No .keras file.

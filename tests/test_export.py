@@ -33,12 +33,12 @@ def exported(tmp_path_factory):
     start = noise_seed_state(model).numpy()
     np.savez(directory / "inputs.npz", images=x, seed_state=start)
     subprocess.run(
-        [sys.executable, SERVE_SCRIPT, path, str(directory / "inputs.npz"), str(directory / "out.npz")],
+        [sys.executable, SERVE_SCRIPT, path, str(directory / "inputs.npz"), str(directory / "o.npz")],
         check=True,
         capture_output=True,
         timeout=600,
     )
-    with np.load(directory / "out.npz") as data:
+    with np.load(directory / "o.npz") as data:
         served = {key: data[key] for key in data.files}
     report = json.loads(str(served.pop("report")))
     return model, x, start, served, report
@@ -77,7 +77,14 @@ def _assert_same(served, expected, output):
         np.testing.assert_allclose(served, expected, rtol=REORDERED_RTOL, atol=REORDERED_RTOL)
 
 
-ENDPOINTS = ("sample", "sample_seeded", "reconstruct", "reconstruct_seeded", "encode", "log_likelihood")
+ENDPOINTS = (
+    "sample",
+    "sample_seeded",
+    "reconstruct",
+    "reconstruct_seeded",
+    "encode",
+    "log_likelihood",
+)
 
 
 @pytest.mark.parametrize("how", ["function", "signature"])

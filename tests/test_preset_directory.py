@@ -1,4 +1,4 @@
-"""Preset directories: save_to_preset / from_preset(dir), overrides, damaged files, training state."""
+"""Preset directories: save_to_preset, from_preset(dir), overrides, damaged files, training state."""
 
 import json
 import os

@@ -52,7 +52,10 @@ def calls(images):
         "reconstruct": ({"images": images}, False),
         "reconstruct_seeded": ({"images": images, "seed": seed}, True),
         "encode": ({"images": images}, False),
-        "log_likelihood": ({"images": images, "num_samples": tf.constant(LIKELIHOOD_SAMPLES)}, False),
+        "log_likelihood": (
+            {"images": images, "num_samples": tf.constant(LIKELIHOOD_SAMPLES)},
+            False,
+        ),
     }
 
 
