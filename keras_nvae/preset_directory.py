@@ -43,7 +43,8 @@ _OPTIMIZER_GROUP = "optimizer"
 
 
 def is_preset_directory(preset):
-    """Whether `from_preset(preset)` reads a directory: an existing path or one with a separator."""
+    """Whether `from_preset(preset)` reads a directory: an existing path or one with a
+    separator (a built-in preset name is checked first; `./tiny` names a directory `tiny`)."""
     path = os.fspath(preset)
     separators = [os.sep] + ([os.altsep] if os.altsep else [])
     return os.path.exists(path) or any(separator in path for separator in separators)
@@ -71,6 +72,17 @@ def _training_checkpoint(preset_dir):
     return checkpointing.TrainingCheckpoint(store, steps_per_epoch=1, every_n_steps=1)
 
 
+def _build_optimizer(model, what):
+    """Build `model`'s optimizer if it is not yet; raises `ValueError` when it has none."""
+    if getattr(model, "optimizer", None) is None:
+        raise ValueError(
+            f"{what} needs the model's optimizer: call model.compile(total_steps=...) first."
+        )
+    with model.distribute_strategy.scope():
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+
+
 def save_preset(model, preset_dir, description=None, source=None, include_training_state=False):
     """Write `model` as a preset directory (see the module docstring).
 
@@ -84,23 +96,18 @@ def save_preset(model, preset_dir, description=None, source=None, include_traini
         source: where the weights come from, for `metadata.json` (e.g.
             "converted from the official checkpoint eval-cifar10/checkpoint.pt").
         include_training_state: also save the optimizer's variables, the step
-            counters and the noise seed state in `training_state/`; the model's
-            optimizer must be built (a compiled model that has trained, or
-            `model.optimizer.build(model.trainable_variables)`).
+            counters and the noise seed state in `training_state/`; the model
+            must be compiled with an optimizer (`compile(total_steps=...)`).
 
     Returns:
         `preset_dir`.
 
     Raises:
-        ValueError: `include_training_state` without a built optimizer.
+        ValueError: `include_training_state` without an optimizer.
     """
     preset_dir = os.fspath(preset_dir)
-    optimizer = getattr(model, "optimizer", None)
-    if include_training_state and (optimizer is None or not optimizer.built):
-        raise ValueError(
-            "save_to_preset(include_training_state=True) needs the model's optimizer: "
-            "compile the model with total_steps (or train it) first."
-        )
+    if include_training_state:
+        _build_optimizer(model, "save_to_preset(include_training_state=True)")
     os.makedirs(preset_dir, exist_ok=True)
     with checkpointing.atomic_path(os.path.join(preset_dir, WEIGHTS_FILE)) as temporary:
         model.save_weights(temporary)
@@ -314,13 +321,6 @@ def load_training_state(model, preset_dir):
             f"The preset {preset_dir!r} has no training state; save it with "
             "save_to_preset(..., include_training_state=True)."
         )
-    if getattr(model, "optimizer", None) is None:
-        raise ValueError(
-            "load_training_state needs a compiled model with an optimizer: call "
-            "model.compile(total_steps=...) first."
-        )
-    with model.distribute_strategy.scope():
-        if not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
+    _build_optimizer(model, "load_training_state")
     checkpoint.set_model(model)
     checkpoint.restore()

@@ -225,10 +225,10 @@ def test_missing_preset_directory(tmp_path):
 
 def test_training_state_round_trip(saved, tmp_path):
     model = lean_tiny()
-    with pytest.raises(ValueError, match=r"needs the model's optimizer: compile the model"):
+    with pytest.raises(ValueError, match=r"needs the model's optimizer: call model.compile"):
         model.save_to_preset(str(tmp_path / "no_optimizer"), include_training_state=True)
     model.compile(total_steps=10)
-    model.optimizer.build(model.trainable_variables)
+    model.optimizer.build(model.trainable_variables)  # To give its variables values to save.
     # A training state where nothing has its initial value: slots, step counters, noise seed.
     rng = np.random.RandomState(1)
     for variable in model.optimizer.variables:
@@ -240,7 +240,7 @@ def test_training_state_round_trip(saved, tmp_path):
     assert preset_directory.read_metadata(directory)["training_state"] is True
 
     loaded = NVAE.from_preset(directory)
-    with pytest.raises(ValueError, match=r"needs a compiled model with an optimizer"):
+    with pytest.raises(ValueError, match=r"load_training_state needs the model's optimizer"):
         preset_directory.load_training_state(loaded, directory)
     loaded.compile(total_steps=10)
     preset_directory.load_training_state(loaded, directory)
