@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_nvae import convert
-from keras_nvae.legacy import _LegacyView
+from keras_nvae.official import convert
+from keras_nvae.official.legacy import _LegacyView
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "legacy_tiny")
 

@@ -27,10 +27,10 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
-from trainers import CommandLineError  # noqa: E402
-from trainers import one_line  # noqa: E402
-from trainers import parse_absl_flags  # noqa: E402
-from trainers import run_main  # noqa: E402
+from keras_nvae.cli.common import CommandLineError  # noqa: E402
+from keras_nvae.cli.common import one_line  # noqa: E402
+from keras_nvae.cli.common import parse_absl_flags  # noqa: E402
+from keras_nvae.cli.common import run_main  # noqa: E402
 
 # A private FlagValues (the convention of trainers/): importing this program next to the others,
 # which also define e.g. --checkpoint or --output, never clashes; `main` parses it.
@@ -72,7 +72,7 @@ def convert_checkpoint(checkpoint, output, saved_model=None, official_dmol=False
         FileNotFoundError, ImportError (torch missing for a `.pt`),
         keras_nvae.convert.CheckpointError, ValueError (unsupported flags or output path).
     """
-    from keras_nvae import convert
+    from keras_nvae.official import convert
 
     if not output.endswith(".keras"):
         raise ValueError(f"--output must end in .keras, got {output!r}.")
@@ -88,7 +88,7 @@ def convert_checkpoint(checkpoint, output, saved_model=None, official_dmol=False
 
 def convert():
     """Convert as the flags say; raises `CommandLineError` for user errors."""
-    from keras_nvae import convert as convert_lib
+    from keras_nvae.official import convert as convert_lib
 
     for name in ("checkpoint", "output"):
         if not FLAGS[name].value:

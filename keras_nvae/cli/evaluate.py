@@ -27,12 +27,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-from trainers import CommandLineError  # noqa: E402
-from trainers import load_dataset  # noqa: E402
-from trainers import load_model  # noqa: E402
-from trainers import one_line  # noqa: E402
-from trainers import parse_absl_flags  # noqa: E402
-from trainers import run_main  # noqa: E402
+from keras_nvae.cli.common import CommandLineError  # noqa: E402
+from keras_nvae.cli.common import load_dataset  # noqa: E402
+from keras_nvae.cli.common import load_model  # noqa: E402
+from keras_nvae.cli.common import one_line  # noqa: E402
+from keras_nvae.cli.common import parse_absl_flags  # noqa: E402
+from keras_nvae.cli.common import run_main  # noqa: E402
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_enum(
@@ -120,7 +120,7 @@ def evaluate():
     """
     import keras
 
-    from keras_nvae import evaluation
+    from keras_nvae.inference import evaluation
 
     keras.utils.set_random_seed(FLAGS.seed)
     model = load_model(FLAGS.model)
@@ -146,7 +146,7 @@ def evaluate():
 
 
 def _bits_per_dim(model, dataset):
-    from keras_nvae import evaluation
+    from keras_nvae.inference import evaluation
 
     if not model.compiled:
         model.compile()
@@ -167,7 +167,7 @@ def _bits_per_dim(model, dataset):
 def _write_scores(model, dataset):
     import numpy as np
 
-    from keras_nvae import evaluation
+    from keras_nvae.inference import evaluation
 
     scores = evaluation.scores(model, dataset, FLAGS.num_samples, verbose=1, seed=FLAGS.seed)
     directory = os.path.dirname(os.path.abspath(FLAGS.output))
@@ -186,8 +186,8 @@ def _write_scores(model, dataset):
 
 
 def _fid(model, dataset):
-    from keras_nvae import evaluation
-    from keras_nvae import fid as fid_lib
+    from keras_nvae.inference import evaluation
+    from keras_nvae.inference import fid as fid_lib
 
     try:
         features = fid_lib.inception_feature_network(FLAGS.inception_weights)

@@ -21,11 +21,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # noqa: E402
 
-from trainers import HELP_FLAGS  # noqa: E402
-from trainers import CommandLineError  # noqa: E402
-from trainers import one_line  # noqa: E402
-from trainers import parse_absl_flags  # noqa: E402
-from trainers import program_name  # noqa: E402
+from keras_nvae.cli.common import HELP_FLAGS  # noqa: E402
+from keras_nvae.cli.common import CommandLineError  # noqa: E402
+from keras_nvae.cli.common import one_line  # noqa: E402
+from keras_nvae.cli.common import parse_absl_flags  # noqa: E402
+from keras_nvae.cli.common import program_name  # noqa: E402
 
 PASSED, FAILED, USAGE_ERROR = 0, 1, 2
 
@@ -50,7 +50,7 @@ def check_file(path):
         CommandLineError: the file is missing or not a readable fixture, or its
             flags or arrays do not make a model and a check.
     """
-    from keras_nvae import parity
+    from keras_nvae.official import parity
 
     if not os.path.isfile(path):
         raise CommandLineError(f"fixture file {path!r} does not exist.")

@@ -36,14 +36,14 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
-from trainers import CommandLineError  # noqa: E402
-from trainers import image_grid  # noqa: E402
-from trainers import load_dataset  # noqa: E402
-from trainers import load_model  # noqa: E402
-from trainers import one_line  # noqa: E402
-from trainers import parse_absl_flags  # noqa: E402
-from trainers import run_main  # noqa: E402
-from trainers import write_png  # noqa: E402
+from keras_nvae.cli.common import CommandLineError  # noqa: E402
+from keras_nvae.cli.common import image_grid  # noqa: E402
+from keras_nvae.cli.common import load_dataset  # noqa: E402
+from keras_nvae.cli.common import load_model  # noqa: E402
+from keras_nvae.cli.common import one_line  # noqa: E402
+from keras_nvae.cli.common import parse_absl_flags  # noqa: E402
+from keras_nvae.cli.common import run_main  # noqa: E402
+from keras_nvae.cli.common import write_png  # noqa: E402
 
 MODES = ("sample", "reconstruct", "interpolate")
 FILES = {
@@ -121,7 +121,7 @@ def temperature():
 
 def posterior_rows(num_groups):
     """The k of each reconstruction row: --num_posterior_groups or 0, 1, 2, 4, ..., all."""
-    from keras_nvae import latents
+    from keras_nvae.inference import latents
 
     if FLAGS.num_posterior_groups is not None:
         return _numbers("num_posterior_groups", int)
@@ -189,7 +189,7 @@ def sample():
     """
     import keras
 
-    from keras_nvae import evaluation
+    from keras_nvae.inference import evaluation
 
     if FLAGS.seed is not None:
         keras.utils.set_random_seed(FLAGS.seed)

@@ -35,14 +35,14 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
-from trainers import CommandLineError  # noqa: E402
-from trainers import image_grid  # noqa: E402
-from trainers import load_dataset  # noqa: E402
-from trainers import one_line  # noqa: E402
-from trainers import parse_absl_flags  # noqa: E402
-from trainers import program_name  # noqa: E402
-from trainers import run_main  # noqa: E402
-from trainers import write_png  # noqa: E402
+from keras_nvae.cli.common import CommandLineError  # noqa: E402
+from keras_nvae.cli.common import image_grid  # noqa: E402
+from keras_nvae.cli.common import load_dataset  # noqa: E402
+from keras_nvae.cli.common import one_line  # noqa: E402
+from keras_nvae.cli.common import parse_absl_flags  # noqa: E402
+from keras_nvae.cli.common import program_name  # noqa: E402
+from keras_nvae.cli.common import run_main  # noqa: E402
+from keras_nvae.cli.common import write_png  # noqa: E402
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("preset", "digits", "Model preset, one of NVAE.presets.", flag_values=FLAGS)
@@ -256,7 +256,7 @@ def make_datasets(config, batch_size):
         (function of the epoch returning its training batches, evaluation data,
         steps per epoch).
     """
-    from keras_nvae.checkpointing import epoch_seed
+    from keras_nvae.training.checkpointing import epoch_seed
 
     repeat = FLAGS.steps_per_epoch is not None
     common = dict(batch_size=batch_size, data_dir=FLAGS.data_dir, download=FLAGS.download)
@@ -310,7 +310,7 @@ def make_callbacks(directory):
     `directory`."""
     import keras
 
-    from keras_nvae.checkpointing import ModelSaver
+    from keras_nvae.training.checkpointing import ModelSaver
 
     return [
         ModelSaver(os.path.join(directory, "model.keras")),
@@ -328,8 +328,8 @@ def fit(model, train_data, test_data, steps, directory, callbacks):
         CommandLineError: the training state cannot be saved or restored, or too many
             consecutive steps were non-finite.
     """
-    from keras_nvae import checkpointing
-    from keras_nvae.step_guard import NonFiniteTrainingError
+    from keras_nvae.training import checkpointing
+    from keras_nvae.training.step_guard import NonFiniteTrainingError
 
     try:
         os.makedirs(directory, exist_ok=True)
@@ -361,7 +361,7 @@ def fit(model, train_data, test_data, steps, directory, callbacks):
 
 def picture_callbacks(test, directory):
     """The `LatentSummaries` callback of --pictures_every_n_epochs (none when 0 or distributed)."""
-    from keras_nvae.callbacks import LatentSummaries
+    from keras_nvae.training.callbacks import LatentSummaries
 
     if not FLAGS.pictures_every_n_epochs or FLAGS.distribute != "none":
         return []
@@ -434,7 +434,7 @@ def evaluate_metrics(model, history, test_data, config, steps, train_seconds):
         The metrics dict written to metrics.json: the run, the test split's
         importance-weighted and ELBO bits/dim, the training history and config.
     """
-    from keras_nvae import evaluation
+    from keras_nvae.inference import evaluation
 
     elbo = model.evaluate(test_data, return_dict=True, verbose=0)
     iw = evaluation.bits_per_dim(model, test_data, num_samples=FLAGS.eval_samples)
@@ -482,7 +482,7 @@ def train():
     import keras
 
     from keras_nvae import NVAE
-    from keras_nvae import checkpointing
+    from keras_nvae.training import checkpointing
 
     keras.utils.set_random_seed(FLAGS.seed)
     keras.mixed_precision.set_global_policy(
@@ -543,10 +543,10 @@ def main(argv):
     try:
         return run_main(train, FLAGS, argv, __doc__)
     except Exception as error:
-        # Only `train()` imports keras_nvae.checkpointing, the sole source of
+        # Only `train()` imports keras_nvae.training.checkpointing, the sole source of
         # TrainingInterrupted; importing it before would load TensorFlow before
         # the flags are checked.
-        checkpointing = sys.modules.get("keras_nvae.checkpointing")
+        checkpointing = sys.modules.get("keras_nvae.training.checkpointing")
         if checkpointing is None or not isinstance(error, checkpointing.TrainingInterrupted):
             raise
         print(f"{program_name(argv)}: {error}", file=sys.stderr)

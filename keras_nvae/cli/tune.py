@@ -54,13 +54,13 @@ import keras  # noqa: E402
 import keras_tuner  # noqa: E402
 
 from keras_nvae import presets  # noqa: E402
-from keras_nvae import tuning  # noqa: E402
+from keras_nvae.training import tuning  # noqa: E402
 from keras_nvae.config import parse_overrides  # noqa: E402
-from trainers import CommandLineError  # noqa: E402
-from trainers import load_dataset  # noqa: E402
-from trainers import one_line  # noqa: E402
-from trainers import parse_absl_flags  # noqa: E402
-from trainers import run_main  # noqa: E402
+from keras_nvae.cli.common import CommandLineError  # noqa: E402
+from keras_nvae.cli.common import load_dataset  # noqa: E402
+from keras_nvae.cli.common import one_line  # noqa: E402
+from keras_nvae.cli.common import parse_absl_flags  # noqa: E402
+from keras_nvae.cli.common import run_main  # noqa: E402
 
 # A private FlagValues (the convention of trainers/): importing this program next to the others,
 # which also define e.g. --preset or --dataset, never clashes; `main` parses it.
@@ -182,7 +182,7 @@ def trial_command(program_args):
     return [
         sys.executable,
         "-m",
-        "trainers.tune",
+        "keras_nvae.cli.tune",
         *args,
         f"--verbosity={logging.get_verbosity()}",
     ]
@@ -418,7 +418,7 @@ def run_child(command, work):
         keras_tuner.errors.FailedTrialError: the child was killed, crashed or
             reported a failed trial.
     """
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
     for name in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"):
         env.pop(name, None)
