@@ -7,9 +7,9 @@ subpackages hold the rest: `layers` (the Keras layers), `distributions`,
 registry and `tf.data` pipelines), `official` (the official PyTorch code's
 checkpoints and parity checks) and `cli` (the command-line programs).
 
-The modules users reach most often also have short names, imported on first
-use: `keras_nvae.evaluation`, `keras_nvae.convert`, `keras_nvae.tuning`,
-`keras_nvae.datasets`, `keras_nvae.checkpointing`, ... (see `_SHORT_NAMES`).
+The modules users reach most often also have short names: `keras_nvae.evaluation`,
+`keras_nvae.convert`, `keras_nvae.tuning`, `keras_nvae.datasets`,
+`keras_nvae.checkpointing`, ... (see `_MODULES`).
 """
 
 import importlib
@@ -17,19 +17,16 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from keras_nvae import config  # noqa: E402
-from keras_nvae import data  # noqa: E402
-from keras_nvae import distributions  # noqa: E402
-from keras_nvae import layers  # noqa: E402
-from keras_nvae import presets  # noqa: E402
-from keras_nvae.config import NVAEConfig  # noqa: E402
-from keras_nvae.model import NVAE  # noqa: E402
-
 __version__ = "0.2.0"
 
-# Short names of modules inside the subpackages. They are imported on first
-# access, so `import keras_nvae` loads neither KerasTuner nor torch.
-_SHORT_NAMES = {
+# Every name is imported on first access: `import keras_nvae` loads neither
+# TensorFlow nor KerasTuner nor torch, so the programs of `keras_nvae.cli`
+# check their flags before TensorFlow starts.
+_NAMES = {
+    "NVAE": ("keras_nvae.model", "NVAE"),
+    "NVAEConfig": ("keras_nvae.config", "NVAEConfig"),
+}
+_MODULES = {
     "callbacks": "keras_nvae.training.callbacks",
     "checkpointing": "keras_nvae.training.checkpointing",
     "convert": "keras_nvae.official.convert",
@@ -40,7 +37,6 @@ _SHORT_NAMES = {
     "flows": "keras_nvae.layers.flows",
     "latents": "keras_nvae.inference.latents",
     "legacy": "keras_nvae.official.legacy",
-    "loading": "keras_nvae.loading",
     "objectives": "keras_nvae.training.objectives",
     "official_layout": "keras_nvae.official.layout",
     "optimizers": "keras_nvae.training.optimizers",
@@ -49,19 +45,38 @@ _SHORT_NAMES = {
     "tuning": "keras_nvae.training.tuning",
     "weight_average": "keras_nvae.training.weight_average",
 }
-_SUBPACKAGES = ("cli", "inference", "official", "training")
+_SUBMODULES = (
+    "cli",
+    "config",
+    "data",
+    "distributions",
+    "inference",
+    "inputs",
+    "layers",
+    "loading",
+    "model",
+    "network",
+    "noise",
+    "official",
+    "presets",
+    "towers",
+    "training",
+)
 
 
 def __getattr__(name):
-    if name in _SHORT_NAMES:
-        module = importlib.import_module(_SHORT_NAMES[name])
-    elif name in _SUBPACKAGES:
-        module = importlib.import_module(f"keras_nvae.{name}")
+    if name in _NAMES:
+        module, attribute = _NAMES[name]
+        value = getattr(importlib.import_module(module), attribute)
+    elif name in _MODULES:
+        value = importlib.import_module(_MODULES[name])
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"keras_nvae.{name}")
     else:
         raise AttributeError(f"module 'keras_nvae' has no attribute {name!r}")
-    globals()[name] = module
-    return module
+    globals()[name] = value
+    return value
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_SHORT_NAMES) | set(_SUBPACKAGES))
+    return sorted(set(globals()) | set(_NAMES) | set(_MODULES) | set(_SUBMODULES))

@@ -13,7 +13,7 @@ import textwrap
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("keras_nvae",)
+PACKAGES = ("keras_nvae", "trainers")
 MAX_CLASS_LINES = 400
 MAX_FUNCTION_LINES = 80
 _FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)

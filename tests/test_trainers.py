@@ -324,7 +324,7 @@ def test_installed_commands():
 def _run_module(program, *args):
     """`python -m trainers.<program> args` from the repository root, as a user runs it."""
     return subprocess.run(
-        [sys.executable, "-m", f"keras_nvae.cli.{program}", *args],
+        [sys.executable, "-m", f"trainers.{program}", *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

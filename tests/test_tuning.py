@@ -204,7 +204,7 @@ def _tune_args(directory, data, *extra):
 
 def _tune_command(directory, data, *extra):
     """The program as a user runs it, in a new process."""
-    return [sys.executable, "-m", "keras_nvae.cli.tune", *_tune_args(directory, data, *extra)]
+    return [sys.executable, "-m", "trainers.tune", *_tune_args(directory, data, *extra)]
 
 
 def _environment(**extra):
@@ -272,7 +272,7 @@ def interrupted_search(tmp_path_factory):
     args = _tune_args(directory, data, "--max_trials=3", f"--search_space={space}")
     project = os.path.join(directory, "p")
     first = subprocess.Popen(
-        [sys.executable, "-m", "keras_nvae.cli.tune", *args, "--trial_in_subprocess"],
+        [sys.executable, "-m", "trainers.tune", *args, "--trial_in_subprocess"],
         cwd=directory, env=_environment(), start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

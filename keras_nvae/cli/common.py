@@ -34,7 +34,7 @@ def program_name(argv):
 
 
 def parse_absl_flags(argv):
-    """The `flags_parser` of `absl.app.run` for the programs of trainers/.
+    """The `flags_parser` of `absl.app.run` for the programs of keras_nvae.cli.
 
     Parses absl's own flags (logging: `--verbosity`, `--logtostderr`, ...) into
     `absl.flags.FLAGS` and leaves the rest of the command line, help flags

@@ -21,18 +21,16 @@ message to stderr and exit with status 1.
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app
+from absl import flags
+from absl import logging
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
+from keras_nvae.cli.common import CommandLineError
+from keras_nvae.cli.common import one_line
+from keras_nvae.cli.common import parse_absl_flags
+from keras_nvae.cli.common import run_main
 
-from keras_nvae.cli.common import CommandLineError  # noqa: E402
-from keras_nvae.cli.common import one_line  # noqa: E402
-from keras_nvae.cli.common import parse_absl_flags  # noqa: E402
-from keras_nvae.cli.common import run_main  # noqa: E402
-
-# A private FlagValues (the convention of trainers/): importing this program next to the others,
+# A private FlagValues (the convention of keras_nvae.cli): importing this program next to the others,
 # which also define e.g. --checkpoint or --output, never clashes; `main` parses it.
 FLAGS = flags.FlagValues()
 flags.DEFINE_string(
@@ -113,7 +111,7 @@ def main(argv):
     """Run the converter on a command line (`argv[0]` is the program).
 
     `run` passes the command line without absl's own flags (see
-    `trainers.parse_absl_flags`); tests call `main` in-process.
+    `keras_nvae.cli.common.parse_absl_flags`); tests call `main` in-process.
 
     Returns:
         The exit status: 0 on success, 1 on a user error (one line on stderr, no traceback).

@@ -17,15 +17,13 @@ import json
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app
 
-from absl import app  # noqa: E402
-
-from keras_nvae.cli.common import HELP_FLAGS  # noqa: E402
-from keras_nvae.cli.common import CommandLineError  # noqa: E402
-from keras_nvae.cli.common import one_line  # noqa: E402
-from keras_nvae.cli.common import parse_absl_flags  # noqa: E402
-from keras_nvae.cli.common import program_name  # noqa: E402
+from keras_nvae.cli.common import HELP_FLAGS
+from keras_nvae.cli.common import CommandLineError
+from keras_nvae.cli.common import one_line
+from keras_nvae.cli.common import parse_absl_flags
+from keras_nvae.cli.common import program_name
 
 PASSED, FAILED, USAGE_ERROR = 0, 1, 2
 
@@ -66,7 +64,7 @@ def main(argv):
     """Check the fixture named on the command line (`argv[0]` is the program).
 
     `run` passes the command line without absl's own flags (see
-    `trainers.parse_absl_flags`); tests call `main` in-process.
+    `keras_nvae.cli.common.parse_absl_flags`); tests call `main` in-process.
 
     Returns:
         The exit status: 0 within tolerance, 1 over it, 2 on a usage error or an

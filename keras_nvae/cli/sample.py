@@ -30,20 +30,18 @@ import json
 import math
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app
+from absl import flags
+from absl import logging
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
-
-from keras_nvae.cli.common import CommandLineError  # noqa: E402
-from keras_nvae.cli.common import image_grid  # noqa: E402
-from keras_nvae.cli.common import load_dataset  # noqa: E402
-from keras_nvae.cli.common import load_model  # noqa: E402
-from keras_nvae.cli.common import one_line  # noqa: E402
-from keras_nvae.cli.common import parse_absl_flags  # noqa: E402
-from keras_nvae.cli.common import run_main  # noqa: E402
-from keras_nvae.cli.common import write_png  # noqa: E402
+from keras_nvae.cli.common import CommandLineError
+from keras_nvae.cli.common import image_grid
+from keras_nvae.cli.common import load_dataset
+from keras_nvae.cli.common import load_model
+from keras_nvae.cli.common import one_line
+from keras_nvae.cli.common import parse_absl_flags
+from keras_nvae.cli.common import run_main
+from keras_nvae.cli.common import write_png
 
 MODES = ("sample", "reconstruct", "interpolate")
 FILES = {
@@ -225,7 +223,7 @@ def main(argv):
     """Run the sampler on a command line (`argv[0]` is the program).
 
     `run` passes the command line without absl's own flags (see
-    `trainers.parse_absl_flags`); tests call `main` in-process.
+    `keras_nvae.cli.common.parse_absl_flags`); tests call `main` in-process.
 
     Returns:
         The exit status: 0 on success, 1 on a user error (one line on stderr).

@@ -45,24 +45,22 @@ import subprocess
 import sys
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app
+from absl import flags
+from absl import logging
+import keras
+import keras_tuner
 
-from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
-import keras  # noqa: E402
-import keras_tuner  # noqa: E402
+from keras_nvae import presets
+from keras_nvae.training import tuning
+from keras_nvae.config import parse_overrides
+from keras_nvae.cli.common import CommandLineError
+from keras_nvae.cli.common import load_dataset
+from keras_nvae.cli.common import one_line
+from keras_nvae.cli.common import parse_absl_flags
+from keras_nvae.cli.common import run_main
 
-from keras_nvae import presets  # noqa: E402
-from keras_nvae.training import tuning  # noqa: E402
-from keras_nvae.config import parse_overrides  # noqa: E402
-from keras_nvae.cli.common import CommandLineError  # noqa: E402
-from keras_nvae.cli.common import load_dataset  # noqa: E402
-from keras_nvae.cli.common import one_line  # noqa: E402
-from keras_nvae.cli.common import parse_absl_flags  # noqa: E402
-from keras_nvae.cli.common import run_main  # noqa: E402
-
-# A private FlagValues (the convention of trainers/): importing this program next to the others,
+# A private FlagValues (the convention of keras_nvae.cli): importing this program next to the others,
 # which also define e.g. --preset or --dataset, never clashes; `main` parses it.
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("preset", "digits", "Model preset, one of NVAE.presets.", flag_values=FLAGS)
@@ -182,7 +180,7 @@ def trial_command(program_args):
     return [
         sys.executable,
         "-m",
-        "keras_nvae.cli.tune",
+        "trainers.tune",
         *args,
         f"--verbosity={logging.get_verbosity()}",
     ]
@@ -222,7 +220,7 @@ def make_datasets(config):
 
     Raises:
         CommandLineError: unknown, missing or mismatched data (see
-            `trainers.load_dataset`).
+            `keras_nvae.cli.common.load_dataset`).
     """
     common = dict(batch_size=config.batch_size, data_dir=FLAGS.data_dir, seed=FLAGS.seed)
     hint = (
@@ -523,7 +521,7 @@ def main(argv):
     """Run the search on a command line (`argv[0]` is the program).
 
     `run` passes the command line without absl's own flags (see
-    `trainers.parse_absl_flags`); tests call `main` in-process.
+    `keras_nvae.cli.common.parse_absl_flags`); tests call `main` in-process.
 
     Returns:
         The exit status: 0 on success, 1 on a user error (one line on stderr).
