@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_nvae import checkpointing
+from keras_nvae.training import checkpointing
 from keras_nvae.config import NVAEConfig
 from keras_nvae.loading import ModelFileError
 
