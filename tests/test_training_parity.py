@@ -17,6 +17,7 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from keras import ops
 
 from keras_nvae import NVAE
@@ -297,3 +298,31 @@ def test_fixture_kind_is_detected_from_keys():
     assert parity_lib.Fixture(fixture_path("nvae_ref_mnist_tiny.npz")).kind == "forward"
     with pytest.raises(parity_lib.FixtureError, match="not a trajectory"):
         parity_lib.check_trajectory(fixture_path("nvae_ref_mnist_tiny.npz"))
+
+
+def test_raw_kernel_spectral_gradient_is_lambda_u_v(tiny):
+    # The regulariser's gradient on a kernel without weight normalisation (the MBConv 1x1 and
+    # depthwise convolutions) is lambda * u v^T of the vectors after this call's iterations,
+    # laid out back as (kh, kw, C_in / groups, C_out) with columns ordered (kh, kw, C_in).
+    raw = [conv for conv in tiny._conv_layers if not conv.weight_norm]
+    assert {conv.groups > 1 for conv in raw} == {False, True}
+    state = [tf.convert_to_tensor(v) for v in tiny.spectral_regularizer.variables]
+    with tf.GradientTape() as tape:
+        spectral, _ = tiny.regularization_terms(training=True)
+        loss = 0.7 * spectral
+    gradients = tape.gradient(loss, [conv.kernel for conv in raw])
+    regularizer = tiny.spectral_regularizer
+    for conv, gradient in zip(raw, gradients):
+        index = tiny._conv_layers.index(conv)
+        group, row = next(
+            (g, members.index(index))
+            for g, members in enumerate(regularizer._group_indices)
+            if index in members
+        )
+        u = regularizer._u[group].numpy()[row]
+        v = regularizer._v[group].numpy()[row]
+        k, _, c_in, c_out = conv.kernel.shape
+        expected = 0.7 * np.outer(u, v).reshape(c_out, k, k, c_in).transpose(1, 2, 3, 0)
+        np.testing.assert_allclose(gradient.numpy(), expected, atol=1e-6)
+    for variable, value in zip(tiny.spectral_regularizer.variables, state):
+        variable.assign(value)
