@@ -21,11 +21,11 @@ import tensorflow as tf
 from keras import ops
 
 from keras_nvae import NVAE
-from keras_nvae import convert
-from keras_nvae import objectives
-from keras_nvae import optimizers as nvae_optimizers
-from keras_nvae import parity as parity_lib
-from trainers import parity
+from keras_nvae.official import convert
+from keras_nvae.training import objectives
+from keras_nvae.training import optimizers as nvae_optimizers
+from keras_nvae.official import parity as parity_lib
+from keras_nvae.cli import parity
 
 FIXTURE_DIR = os.path.join(os.path.dirname(__file__), "fixtures")
 
@@ -83,7 +83,7 @@ DEEP_TILT = 0.0084
 
 
 def _tilt_power_iteration(name, tilt):
-    """A `check_trajectory(prepare=...)` that tilts one kernel's u, v towards its 2nd singular pair."""
+    """A `check_trajectory(prepare=...)` tilting one kernel's u, v towards its 2nd singular pair."""
 
     def prepare(model):
         index = parity_lib.spectral_names(model).index(name)
@@ -107,7 +107,8 @@ def _tilt_power_iteration(name, tilt):
 
 def test_deep_trajectory_from_the_official_power_iteration_start():
     report = parity_lib.check_trajectory(
-        fixture_path("nvae_traj_deep_tiny.npz"), prepare=_tilt_power_iteration(DEEP_KERNEL, DEEP_TILT)
+        fixture_path("nvae_traj_deep_tiny.npz"),
+        prepare=_tilt_power_iteration(DEEP_KERNEL, DEEP_TILT),
     )
     assert report["max_step_error"] <= 1e-5, report["steps"]
     final = report["final_state"]
