@@ -1,7 +1,7 @@
 """The cost of checking an image folder's files against the cost of decoding them.
 
 Writes `--count` random JPEGs of `--size` pixels to a temporary folder, then
-times `keras_nvae.image_files.usable_files` (first and last bytes of every
+times `keras_nvae.data.image_files.usable_files` (first and last bytes of every
 file) and one pass of `keras_nvae.data.load_image_folder` (decoding), in
 wall-clock and CPU milliseconds per image; medians over `--runs`.
 
@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_nvae import data
-from keras_nvae import image_files
+from keras_nvae.data import image_files
 
 
 def timed(function):

@@ -28,9 +28,8 @@ import textwrap
 import numpy as np
 import tensorflow as tf
 
-from keras_nvae import datasets
-from keras_nvae import image_files
-from keras_nvae.image_files import BadImageFileError  # noqa: F401 (public)
+from keras_nvae.data import image_files
+from keras_nvae.data import registry as datasets
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -528,7 +527,7 @@ def load_image_folder(
     Each image is decoded with `tf.io`, centre-cropped to a square and resized
     to `image_size` x `image_size` (bilinear, antialiased). Empty, truncated
     and non-image files are found when the dataset is created
-    (`keras_nvae.image_files` reads each file's first and last bytes).
+    (`keras_nvae.data.image_files` reads each file's first and last bytes).
 
     Args:
         path: folder containing the images (local or any `tf.io.gfile` path).
