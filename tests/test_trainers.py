@@ -101,6 +101,12 @@ def test_train_writes_outputs_and_reports(run):
     assert test["iw_num_samples"] == 2 and test["num_images"] == 64
     assert f"{test['iw_bpd']:.4f}" == match.group(1)
     assert metrics["config"]["epochs"] == 2
+    # The epoch line shows the loss, bits/dim and KL; metrics.json keeps every metric.
+    (epoch_line,) = [line for line in lines if "/step" in line]
+    assert len(epoch_line) <= 160 and " val_bpd: " in epoch_line, epoch_line
+    hidden = {"spectral", "bn_reg", "kl_coeff", "nonfinite_steps", "val_active_groups"}
+    assert not any(name in epoch_line for name in hidden)
+    assert hidden <= set(metrics["history"])
     assert os.path.isfile(os.path.join(output_dir, "model.keras"))
     assert os.listdir(os.path.join(output_dir, "logs"))
 
@@ -355,3 +361,20 @@ def test_command_help_lists_the_programs_flags():
     assert "--checkpoint" in result.stdout and "--official_dmol" in result.stdout
     full = _run_module("convert", "--helpfull")
     assert full.returncode == 0 and "--verbosity" in full.stdout, full.stderr
+
+
+def test_train_all_metrics_flag_shows_every_metric(tmp_path, monkeypatch):
+    from keras_nvae.callbacks import ProgressBar
+
+    bars = {}
+
+    def fake_train():
+        callbacks = train.make_callbacks(str(tmp_path))
+        bars[train.FLAGS.all_metrics] = [c for c in callbacks if isinstance(c, ProgressBar)]
+
+    monkeypatch.setattr(train, "train", fake_train)
+    assert train.main(["train", "--all_metrics"]) == 0
+    assert train.main(["train"]) == 0
+    # With the flag, a bar of every metric; without, none (NVAE.fit adds the short one).
+    assert [bar.shown_metrics for bar in bars[True]] == [None]
+    assert bars[False] == []
