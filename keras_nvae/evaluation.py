@@ -1,6 +1,8 @@
 """Evaluation of trained NVAEs: importance-weighted bits/dim, anomaly scores, FID and BN
 re-adjustment."""
 
+import weakref
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -323,12 +325,37 @@ def readjust_bn(model, temperature=0.7, steps=500, batch_size=16, seed=None):
     for name, value in (("steps", steps), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
-    seed_generator = keras.random.SeedGenerator(seed)
-
-    @tf.function
-    def sampling_pass():
-        model.prior_logits(batch_size, temperature, seed=seed_generator, training=True)
-
+    sampling_pass, seed_generator = _readjust_pass(model, batch_size)
+    seed_generator.state.assign(keras.random.SeedGenerator(seed).state)
+    # A scalar temperature is a tensor argument: one trace serves every temperature.
+    if len(set(temperature)) == 1:
+        temperature = tf.constant(temperature[0], tf.float32)
+    else:
+        temperature = tuple(temperature)
     for _ in range(steps):
-        sampling_pass()
+        sampling_pass(temperature)
     return model
+
+
+# The compiled sampling passes of `readjust_bn`, per model and batch size.
+_READJUST_PASSES = weakref.WeakKeyDictionary()
+
+
+def _readjust_pass(model, batch_size):
+    """`readjust_bn`'s compiled train-mode prior pass and the seed generator it draws from.
+
+    Made once per model and batch size (a new `tf.function` per call would trace the
+    decoder again each time); the generator is kept off the model's variables.
+    """
+    passes = _READJUST_PASSES.setdefault(model, {})
+    if batch_size not in passes:
+        model_ref = weakref.ref(model)
+        seed_generator = keras.random.SeedGenerator(0)
+
+        def sampling_pass(temperature):
+            model_ref().prior_logits(
+                batch_size, temperature, seed=seed_generator, training=True
+            )
+
+        passes[batch_size] = (tf.function(sampling_pass), seed_generator)
+    return passes[batch_size]
