@@ -98,7 +98,7 @@ def test_train_writes_outputs_and_reports(run):
         metrics = json.load(file)
     test = metrics["test"]
     assert math.isfinite(test["iw_bpd"]) and math.isfinite(test["nelbo_bpd"])
-    assert test["iw_num_samples"] == 2 and test["num_images"] == 64
+    assert test["iw_num_samples"] == 2 and test["num_images"] == 32
     assert f"{test['iw_bpd']:.4f}" == match.group(1)
     assert metrics["config"]["epochs"] == 2
     # The epoch line shows the loss, bits/dim and KL; metrics.json keeps every metric.
@@ -150,7 +150,7 @@ def test_evaluate_program(run, capsys):
     argv = ["evaluate", f"--model={model}", "--num_samples=2", "--max_batches=1"]
     assert evaluate.main(argv) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert re.match(r"^test bits/dim: \d+\.\d+ \(IW, K=2; .* 64 images\); NELBO bits/dim: ", line)
+    assert re.match(r"^test bits/dim: \d+\.\d+ \(IW, K=2; .* 32 images\); NELBO bits/dim: ", line)
 
 
 
@@ -168,14 +168,14 @@ def test_evaluate_program_writes_anomaly_scores(run, tmp_path, capsys):
         "--max_batches=1", f"--output={output}", "--seed=3",
     ]
     assert evaluate.main(argv) == 0
-    assert "64 anomaly scores" in capsys.readouterr().out
+    assert "32 anomaly scores" in capsys.readouterr().out
     with open(output) as file:
         assert file.readline().strip() == "index,bits_per_dim"
     table = np.loadtxt(output, delimiter=",", skiprows=1)
-    np.testing.assert_array_equal(table[:, 0], np.arange(64))
-    # The library's scores of the same batch (the test split's first 64 digits) and seed.
+    np.testing.assert_array_equal(table[:, 0], np.arange(32))
+    # The library's scores of the same batch (the test split's first 32 digits) and seed.
     model = keras.saving.load_model(model_path)
-    expected = evaluation.scores(model, data.digits_arrays("test")[:64], 2, batch_size=64, seed=3)
+    expected = evaluation.scores(model, data.digits_arrays("test")[:32], 2, batch_size=32, seed=3)
     np.testing.assert_allclose(table[:, 1], expected, rtol=1e-5)
 
 
