@@ -43,8 +43,7 @@ def bits_per_dim(
         images_per_pass: optional int, the most images (batch size times
             samples) one forward pass sees, though always at least one copy
             of the batch. Default: twice the model's training batch size.
-        verbose: 1 shows a Keras progress bar of the images done, the time
-            per image, the time left and the running NLL; 0 nothing.
+        verbose: 1 shows a progress bar (images done, time left, NLL), 0 nothing.
         seed: optional int: the importance samples are a function of it (and
             of the batch order). Default: the model's seed stream.
 
@@ -76,8 +75,7 @@ def bits_per_dim(
             raise ValueError(f"`{name}` must be a positive int or None, got {value!r}.")
     seeds = None if seed is None else keras.random.SeedGenerator(seed)
     progress = ImageProgress(_num_batches(dataset, max_batches), verbose=verbose)
-    total_nll = 0.0
-    num_images = 0
+    total_nll, num_images = 0.0, 0
     with model.averaged_weights():
         for index, batch in enumerate(dataset):
             if max_batches is not None and index >= max_batches:

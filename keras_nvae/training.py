@@ -118,7 +118,7 @@ class NVAETrainer(GuardedUpdates):
         self._default_optimizer_wanted = optimizer is None
         super().compile(optimizer=None, jit_compile=jit_compile, **kwargs)
         if optimizer is not None:
-            self.optimizer = self._with_loss_scaling(keras.optimizers.get(optimizer))
+            self.optimizer = _with_loss_scaling(keras.optimizers.get(optimizer))
         pending = total_steps is None
         self._set_schedule_span(DEFAULT_TOTAL_STEPS if pending else total_steps, pending)
 
@@ -141,12 +141,9 @@ class NVAETrainer(GuardedUpdates):
                 optimizer = nvae_optimizers.NVAEAdamax(
                     learning_rate=schedule, l2_weight_decay=self.config.weight_decay
                 )
-            self.optimizer = self._with_loss_scaling(optimizer)
+            self.optimizer = _with_loss_scaling(optimizer)
         else:
-            optimizer = self.optimizer
-            if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-                optimizer = optimizer.inner_optimizer
-            optimizer.learning_rate = schedule
+            _replace_schedule(self.optimizer, schedule)
             self.train_function = None  # The traced step holds the old schedule.
 
     def _default_schedule(self, total_steps):
@@ -163,15 +160,6 @@ class NVAETrainer(GuardedUpdates):
             total_steps=total_steps,
             steps_per_epoch=steps_per_epoch,
         )
-
-    @staticmethod
-    def _with_loss_scaling(optimizer):
-        if keras.mixed_precision.global_policy().name == "mixed_float16" and not isinstance(
-            optimizer, keras.optimizers.LossScaleOptimizer
-        ):
-            # The official code starts its gradient scaler at 2**10 (Keras: 2**15).
-            return keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=2.0**10)
-        return optimizer
 
     def get_compile_config(self):
         if not self.compiled:
@@ -443,6 +431,23 @@ class NVAETrainer(GuardedUpdates):
             # shape-(1,) values gives back scalars.
             logs = {name: tf.reshape(value, (1,)) for name, value in logs.items()}
         return logs
+
+
+def _with_loss_scaling(optimizer):
+    """`optimizer`, under a `LossScaleOptimizer` when the policy is mixed_float16."""
+    if keras.mixed_precision.global_policy().name == "mixed_float16" and not isinstance(
+        optimizer, keras.optimizers.LossScaleOptimizer
+    ):
+        # The official code starts its gradient scaler at 2**10 (Keras: 2**15).
+        return keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=2.0**10)
+    return optimizer
+
+
+def _replace_schedule(optimizer, schedule):
+    """Give `optimizer` (or the one a `LossScaleOptimizer` wraps) a new learning-rate schedule."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        optimizer = optimizer.inner_optimizer
+    optimizer.learning_rate = schedule
 
 
 def _set_learning_rate(optimizer, learning_rate):
