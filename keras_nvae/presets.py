@@ -1,6 +1,6 @@
 """Named NVAE configurations: the paper's (official README commands) and small ones."""
 
-from keras_nvae import datasets
+from keras_nvae.data import registry as datasets
 from keras_nvae.config import NVAEConfig
 
 # Shared by every official command: --use_se --res_dist --fast_adamax, res_mbconv,
@@ -208,7 +208,8 @@ def preset_config(name, **overrides):
     """
     if name not in PRESETS:
         raise ValueError(
-            f"Unknown NVAE preset {name!r}. Known presets: {', '.join(preset_names())}."
+            f"Unknown NVAE preset {name!r}. Known presets: {', '.join(preset_names())}; "
+            "or pass the path of a preset directory written by NVAE.save_to_preset."
         )
     preset = PRESETS[name]
     dataset = preset["dataset"]

@@ -18,9 +18,9 @@ import tensorflow as tf
 from conftest import lean_tiny
 from conftest import tiny_images
 from keras_nvae import distributions
-from keras_nvae import training
-from keras_nvae.callbacks import ProgressBar
-from keras_nvae.optimizers import NVAEAdamax
+from keras_nvae.training import trainer
+from keras_nvae.training.callbacks import ProgressBar
+from keras_nvae.training.optimizers import NVAEAdamax
 
 # The metrics of a training step besides those the progress line shows.
 HIDDEN = ("nelbo", "recon", "kl_coeff", "spectral", "bn_reg", "active_groups", "nonfinite_steps")
@@ -53,8 +53,8 @@ def _changed(before, model):
 def test_bare_compile_makes_the_default_optimizer_over_the_default_span(model):
     schedule = model.optimizer._learning_rate
     assert isinstance(model.optimizer, NVAEAdamax)
-    assert schedule.total_steps == training.DEFAULT_TOTAL_STEPS == 10_000
-    assert int(model.total_steps.numpy()) == training.DEFAULT_TOTAL_STEPS
+    assert schedule.total_steps == trainer.DEFAULT_TOTAL_STEPS == 10_000
+    assert int(model.total_steps.numpy()) == trainer.DEFAULT_TOTAL_STEPS
     # Warm-up over warmup_epochs / epochs of the span, as the preset's schedule.
     c = model.config
     assert schedule.warmup_steps == round(10_000 * c.warmup_epochs / c.epochs)
