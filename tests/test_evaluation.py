@@ -45,9 +45,13 @@ def _elbo_bpd(model, dataset):
     return model.evaluate(dataset, return_dict=True, verbose=0)["bpd"]
 
 
-def test_bits_per_dim_result_and_units(model, images):
+def test_bits_per_dim_result_and_units(model, images, capsys):
     start = noise_seed_state(model).numpy()
+    capsys.readouterr()
     result = evaluation.bits_per_dim(model, _dataset(images), num_samples=2, max_batches=3)
+    # The progress bar counts images (3 of the 4 batches of 8).
+    progress = capsys.readouterr().out
+    assert "24/24" in progress and "/image" in progress and "nll_nats" in progress
     assert set(result) == {"nll_nats", "bpd", "num_images"}
     assert result["num_images"] == 3 * BATCH
     assert np.isfinite(result["nll_nats"]) and np.isfinite(result["bpd"])
@@ -66,6 +70,22 @@ def test_bits_per_dim_result_and_units(model, images):
     )
     # Later tests' tolerances were measured with the noise seed bits_per_dim left behind.
     noise_seed_state(model).assign(end)
+
+
+def test_image_progress_counts_images_and_corrects_its_estimate(capsys):
+    progress = evaluation.ImageProgress(num_batches=3, verbose=1)
+    for index, done in enumerate((8, 16, 20)):
+        progress.update(index, done, [("nll_nats", 100.0 + index)])
+    progress.finish(20)
+    out = capsys.readouterr().out
+    # Estimated from the first batch (3 x 8), exact at the end; the last value as given.
+    assert " 8/24" in out and "20/20" in out and "nll_nats: 102.0000" in out
+    assert "24/24" not in out and out.count("20/20") == 1
+
+    unknown = evaluation.ImageProgress(num_batches=None, verbose=1)
+    unknown.update(0, 5)
+    unknown.finish(5)
+    assert "5/Unknown" in capsys.readouterr().out.replace(" ", "")
 
 
 def test_one_sample_estimate_is_the_elbo_in_expectation(model, images):

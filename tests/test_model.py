@@ -292,26 +292,6 @@ def test_log_likelihood_runs_compiled_when_called_eagerly(tiny):
     assert not np.array_equal(seeded[0], seeded[1])
 
 
-def test_compile_resolves_the_schedules_once():
-    model = lean_tiny()
-    model.compile()
-    assert model.optimizer is None  # made once fit knows how many steps it runs
-    x = tiny_images(8)
-    model.fit(x, batch_size=4, epochs=3, verbose=0)  # 3 epochs x 2 steps
-    optimizer = model.optimizer
-    assert int(model.total_steps.numpy()) == 6
-    assert optimizer._learning_rate.total_steps == 6
-    model.fit(x, batch_size=4, epochs=1, verbose=0)  # continues the same schedules
-    assert model.optimizer is optimizer and int(model.total_steps.numpy()) == 6
-    assert int(optimizer.iterations.numpy()) == int(model.global_step.numpy()) == 8
-
-    explicit = NVAE.from_preset("tiny")
-    explicit.compile(total_steps=50, steps_per_epoch=5)
-    schedule = explicit.optimizer._learning_rate
-    assert (schedule.total_steps, schedule.steps_per_epoch) == (50, 5)
-    assert int(explicit.total_steps.numpy()) == 50
-
-
 class _ForwardBuiltNVAE(NVAE):
     """NVAE whose cells outside the latent groups are built by a forward pass,
     the way every Keras layer builds itself on its first call."""

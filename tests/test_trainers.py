@@ -98,9 +98,15 @@ def test_train_writes_outputs_and_reports(run):
         metrics = json.load(file)
     test = metrics["test"]
     assert math.isfinite(test["iw_bpd"]) and math.isfinite(test["nelbo_bpd"])
-    assert test["iw_num_samples"] == 2 and test["num_images"] == 64
+    assert test["iw_num_samples"] == 2 and test["num_images"] == 32
     assert f"{test['iw_bpd']:.4f}" == match.group(1)
     assert metrics["config"]["epochs"] == 2
+    # The epoch line shows the loss, bits/dim and KL; metrics.json keeps every metric.
+    (epoch_line,) = [line for line in lines if "/step" in line]
+    assert len(epoch_line) <= 160 and " val_bpd: " in epoch_line, epoch_line
+    hidden = {"spectral", "bn_reg", "kl_coeff", "nonfinite_steps", "val_active_groups"}
+    assert not any(name in epoch_line for name in hidden)
+    assert hidden <= set(metrics["history"])
     assert os.path.isfile(os.path.join(output_dir, "model.keras"))
     assert os.listdir(os.path.join(output_dir, "logs"))
 
@@ -144,7 +150,7 @@ def test_evaluate_program(run, capsys):
     argv = ["evaluate", f"--model={model}", "--num_samples=2", "--max_batches=1"]
     assert evaluate.main(argv) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert re.match(r"^test bits/dim: \d+\.\d+ \(IW, K=2; .* 64 images\); NELBO bits/dim: ", line)
+    assert re.match(r"^test bits/dim: \d+\.\d+ \(IW, K=2; .* 32 images\); NELBO bits/dim: ", line)
 
 
 
@@ -162,14 +168,14 @@ def test_evaluate_program_writes_anomaly_scores(run, tmp_path, capsys):
         "--max_batches=1", f"--output={output}", "--seed=3",
     ]
     assert evaluate.main(argv) == 0
-    assert "64 anomaly scores" in capsys.readouterr().out
+    assert "32 anomaly scores" in capsys.readouterr().out
     with open(output) as file:
         assert file.readline().strip() == "index,bits_per_dim"
     table = np.loadtxt(output, delimiter=",", skiprows=1)
-    np.testing.assert_array_equal(table[:, 0], np.arange(64))
-    # The library's scores of the same batch (the test split's first 64 digits) and seed.
+    np.testing.assert_array_equal(table[:, 0], np.arange(32))
+    # The library's scores of the same batch (the test split's first 32 digits) and seed.
     model = keras.saving.load_model(model_path)
-    expected = evaluation.scores(model, data.digits_arrays("test")[:64], 2, batch_size=64, seed=3)
+    expected = evaluation.scores(model, data.digits_arrays("test")[:32], 2, batch_size=32, seed=3)
     np.testing.assert_allclose(table[:, 1], expected, rtol=1e-5)
 
 
@@ -355,3 +361,20 @@ def test_command_help_lists_the_programs_flags():
     assert "--checkpoint" in result.stdout and "--official_dmol" in result.stdout
     full = _run_module("convert", "--helpfull")
     assert full.returncode == 0 and "--verbosity" in full.stdout, full.stderr
+
+
+def test_train_all_metrics_flag_shows_every_metric(tmp_path, monkeypatch):
+    from keras_nvae.training.callbacks import ProgressBar
+
+    bars = {}
+
+    def fake_train():
+        callbacks = train.make_callbacks(str(tmp_path))
+        bars[train.FLAGS.all_metrics] = [c for c in callbacks if isinstance(c, ProgressBar)]
+
+    monkeypatch.setattr(train, "train", fake_train)
+    assert train.main(["train", "--all_metrics"]) == 0
+    assert train.main(["train"]) == 0
+    # With the flag, a bar of every metric; without, none (NVAE.fit adds the short one).
+    assert [bar.shown_metrics for bar in bars[True]] == [None]
+    assert bars[False] == []

@@ -18,7 +18,8 @@ renamed. Running the same command again after an interruption (even a kill) resu
 last save, inside an epoch, and ends with the weights of an uninterrupted run; after SIGTERM or
 SIGINT the trainer saves first and exits with status 128 + the signal number.
 
-Progress is Keras' progress bar on a terminal and one line per epoch otherwise. The last line
+Progress is Keras' progress bar on a terminal and one line per epoch otherwise, showing the loss,
+bits/dim and KL and their validation values (--all_metrics: every metric). The last line
 printed to stdout is the test result,
 e.g. `test bits/dim: 3.6012 (IW, K=100; 159.78 nats/image); NELBO bits/dim: 3.7011`.
 User errors (bad flags, unknown preset, missing data) print one line to stderr and exit with 1.
@@ -183,6 +184,13 @@ flags.DEFINE_bool(
     "SIGTERM/SIGINT) and resume an interrupted run from it.",
     flag_values=FLAGS,
 )
+flags.DEFINE_bool(
+    "all_metrics",
+    False,
+    "Show every metric in the progress line, not only the loss, bits/dim and KL and their "
+    "validation values (TensorBoard, train_steps.jsonl and metrics.json get them all anyway).",
+    flag_values=FLAGS,
+)
 flags.DEFINE_integer(
     "checkpoint_every_steps",
     500,
@@ -314,15 +322,17 @@ def make_datasets(config, batch_size):
 
 def make_callbacks(directory):
     """The latest model (`model.keras`, written atomically) and TensorBoard logs under
-    `directory`."""
+    `directory`, and with --all_metrics a progress bar of every metric."""
     import keras
 
+    from keras_nvae.training.callbacks import ProgressBar
     from keras_nvae.training.checkpointing import ModelSaver
 
-    return [
+    callbacks = [
         ModelSaver(os.path.join(directory, "model.keras")),
         keras.callbacks.TensorBoard(os.path.join(directory, "logs"), write_graph=False),
     ]
+    return callbacks + ([ProgressBar("all")] if FLAGS.all_metrics else [])
 
 
 def fit(model, train_data, test_data, steps, directory, callbacks):

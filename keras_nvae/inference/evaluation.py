@@ -1,6 +1,8 @@
 """Evaluation of trained NVAEs: importance-weighted bits/dim, anomaly scores, FID and BN
 re-adjustment."""
 
+import weakref
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -41,7 +43,7 @@ def bits_per_dim(
         images_per_pass: optional int, the most images (batch size times
             samples) one forward pass sees, though always at least one copy
             of the batch. Default: twice the model's training batch size.
-        verbose: 1 shows a Keras progress bar over the batches, 0 nothing.
+        verbose: 1 shows a progress bar (images done, time left, NLL), 0 nothing.
         seed: optional int: the importance samples are a function of it (and
             of the batch order). Default: the model's seed stream.
 
@@ -72,9 +74,8 @@ def bits_per_dim(
         ):
             raise ValueError(f"`{name}` must be a positive int or None, got {value!r}.")
     seeds = None if seed is None else keras.random.SeedGenerator(seed)
-    progress = keras.utils.Progbar(_num_batches(dataset, max_batches), verbose=verbose)
-    total_nll = 0.0
-    num_images = 0
+    progress = ImageProgress(_num_batches(dataset, max_batches), verbose=verbose)
+    total_nll, num_images = 0.0, 0
     with model.averaged_weights():
         for index, batch in enumerate(dataset):
             if max_batches is not None and index >= max_batches:
@@ -83,15 +84,62 @@ def bits_per_dim(
             log_px = model.log_likelihood(images, num_samples, images_per_pass, seed=seeds)
             total_nll -= float(tf.reduce_sum(tf.cast(log_px, tf.float64)))
             num_images += int(images.shape[0])
-            progress.update(index + 1, [("nll_nats", total_nll / num_images)])
+            progress.update(index, num_images, [("nll_nats", total_nll / num_images)])
     if num_images == 0:
         raise ValueError("bits_per_dim: the dataset yielded no images.")
+    progress.finish(num_images)
     nll = total_nll / num_images
     return {
         "nll_nats": nll,
         "bpd": float(distributions.nats_to_bits_per_dim(nll, model.config.num_dims)),
         "num_images": num_images,
     }
+
+
+class ImageProgress:
+    """A Keras `Progbar` counting images: done, per second and left, over batches.
+
+    The total is estimated from the number of batches times the first
+    batch's size (the last batch may be smaller) and is exact at the end.
+
+    Args:
+        num_batches: batches to come, or None when unknown (no time left shown).
+        verbose: 1 shows the bar, 0 nothing.
+
+    Example:
+    ```python
+    progress = ImageProgress(num_batches=6, verbose=1)
+    for index, batch in enumerate(batches):
+        done += len(batch)
+        progress.update(index, done, [("nll_nats", mean_nll)])
+    progress.finish(done)
+    ```
+    """
+
+    def __init__(self, num_batches, verbose=1):
+        self.num_batches = num_batches
+        # No metric is stateless: values are shown as given, not averaged.
+        self._bar = keras.utils.Progbar(
+            None, verbose=verbose, unit_name="image", stateless_metrics=()
+        )
+        self._finished = False
+
+    def update(self, batch_index, images_done, values=()):
+        """Show `images_done` after batch `batch_index` (from 0) and `values` (name, value)."""
+        if self._bar.target is None and self.num_batches is not None:
+            self._bar.target = self.num_batches * images_done
+        last = self.num_batches is not None and batch_index + 1 >= self.num_batches
+        if last:
+            self._bar.target = images_done
+        self._bar.update(images_done, list(values), finalize=last)
+        self._finished = last
+
+    def finish(self, images_done):
+        """End the bar at `images_done` images if the last update did not."""
+        if not self._finished:
+            self._bar.target = images_done
+            self._bar.update(images_done, finalize=True)
+            self._finished = True
 
 
 def _num_batches(dataset, max_batches):
@@ -117,7 +165,8 @@ def scores(model, data, num_samples=100, batch_size=None, verbose=0, seed=None):
         num_samples: K, importance samples per image.
         batch_size: images per batch when `data` is an array. Default: the
             model's training batch size.
-        verbose: 1 shows a Keras progress bar, 0 nothing.
+        verbose: 1 shows a Keras progress bar of the images done and the
+            time left, 0 nothing.
         seed: optional int: the scores are a function of it (and of the
             batch order). Default: the model's seed stream.
 
@@ -135,14 +184,16 @@ def scores(model, data, num_samples=100, batch_size=None, verbose=0, seed=None):
     _check_positive_int("num_samples", num_samples)
     batches = _image_batches(data, model.config.batch_size if batch_size is None else batch_size)
     seeds = None if seed is None else keras.random.SeedGenerator(seed)
-    progress = keras.utils.Progbar(_num_batches(batches, None), verbose=verbose)
-    results = []
+    progress = ImageProgress(_num_batches(batches, None), verbose=verbose)
+    results, done = [], 0
     for index, batch in enumerate(batches):
         images = inputs.unpack_images(batch)
         results.append(np.asarray(model.score(images, num_samples, seed=seeds), np.float64))
-        progress.update(index + 1)
-    if not results or not sum(len(r) for r in results):
+        done += len(results[-1])
+        progress.update(index, done)
+    if not done:
         raise ValueError("scores: `data` yielded no images.")
+    progress.finish(done)
     return np.concatenate(results)
 
 
@@ -272,12 +323,37 @@ def readjust_bn(model, temperature=0.7, steps=500, batch_size=16, seed=None):
     for name, value in (("steps", steps), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
-    seed_generator = keras.random.SeedGenerator(seed)
-
-    @tf.function
-    def sampling_pass():
-        model.prior_logits(batch_size, temperature, seed=seed_generator, training=True)
-
+    sampling_pass, seed_generator = _readjust_pass(model, batch_size)
+    seed_generator.state.assign(keras.random.SeedGenerator(seed).state)
+    # A scalar temperature is a tensor argument: one trace serves every temperature.
+    if len(set(temperature)) == 1:
+        temperature = tf.constant(temperature[0], tf.float32)
+    else:
+        temperature = tuple(temperature)
     for _ in range(steps):
-        sampling_pass()
+        sampling_pass(temperature)
     return model
+
+
+# The compiled sampling passes of `readjust_bn`, per model and batch size.
+_READJUST_PASSES = weakref.WeakKeyDictionary()
+
+
+def _readjust_pass(model, batch_size):
+    """`readjust_bn`'s compiled train-mode prior pass and the seed generator it draws from.
+
+    Made once per model and batch size (a new `tf.function` per call would trace the
+    decoder again each time); the generator is kept off the model's variables.
+    """
+    passes = _READJUST_PASSES.setdefault(model, {})
+    if batch_size not in passes:
+        model_ref = weakref.ref(model)
+        seed_generator = keras.random.SeedGenerator(0)
+
+        def sampling_pass(temperature):
+            model_ref().prior_logits(
+                batch_size, temperature, seed=seed_generator, training=True
+            )
+
+        passes[batch_size] = (tf.function(sampling_pass), seed_generator)
+    return passes[batch_size]

@@ -1,4 +1,5 @@
-"""A Keras callback that shows an NVAE's pictures and latent statistics in TensorBoard."""
+"""Keras callbacks for NVAE training: a readable progress bar, and pictures and latent
+statistics in TensorBoard."""
 
 import keras
 import numpy as np
@@ -7,6 +8,77 @@ import tensorflow as tf
 from keras_nvae.inference import evaluation
 from keras_nvae.inference import latents
 from keras_nvae import noise
+
+
+# What the progress bar of `NVAE.fit` shows, with their `val_` twins.
+PROGRESS_METRICS = ("loss", "bpd", "kl")
+
+
+class ProgressBar(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar, showing only some of the metrics.
+
+    `NVAE.fit` adds one showing `PROGRESS_METRICS` (the loss, bits/dim and KL,
+    and their validation values) unless its callbacks hold a
+    `keras.callbacks.ProgbarLogger` already. The logs themselves keep every
+    metric, so `TensorBoard`, `CSVLogger`, the history and other callbacks
+    see them all.
+
+    Args:
+        metrics: the names of the metrics to show (each also with its `val_`
+            prefix), or `"all"` for every metric, as Keras'
+            `ProgbarLogger` shows them.
+
+    Example:
+    ```python
+    model.fit(train, epochs=50, callbacks=[ProgressBar("all")])  # every metric
+    model.fit(train, epochs=50, callbacks=[ProgressBar(["bpd", "active_groups"])])
+    ```
+    """
+
+    def __init__(self, metrics=PROGRESS_METRICS):
+        super().__init__()
+        if isinstance(metrics, str) and metrics != "all":
+            raise ValueError(
+                f"`metrics` must be 'all' or a list of metric names, got {metrics!r}."
+            )
+        self.shown_metrics = None if metrics == "all" else tuple(metrics)
+
+    def _shown(self, logs):
+        if not logs or self.shown_metrics is None:
+            return logs
+        names = self.shown_metrics + tuple(f"val_{name}" for name in self.shown_metrics)
+        return {name: logs[name] for name in names if name in logs}
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(batch, self._shown(logs))
+
+    def on_test_batch_end(self, batch, logs=None):
+        super().on_test_batch_end(batch, self._shown(logs))
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, self._shown(logs))
+
+    def on_test_end(self, logs=None):
+        super().on_test_end(self._shown(logs))
+
+
+def with_progress_bar(callbacks, verbose):
+    """`callbacks` and a default `ProgressBar`, unless they show progress already.
+
+    Args:
+        callbacks: the `callbacks` argument of `fit` (None, a list, or a
+            `keras.callbacks.CallbackList`, which is returned as it is).
+        verbose: the `verbose` argument of `fit`; 0 adds nothing.
+
+    Returns:
+        The callbacks to pass on to Keras.
+    """
+    if verbose == 0 or isinstance(callbacks, keras.callbacks.CallbackList):
+        return callbacks
+    callbacks = list(callbacks or [])
+    if not any(isinstance(c, keras.callbacks.ProgbarLogger) for c in callbacks):
+        callbacks.append(ProgressBar())
+    return callbacks
 
 
 class LatentSummaries(keras.callbacks.Callback):

@@ -5,6 +5,7 @@ import math
 import keras
 import tensorflow as tf
 
+from keras_nvae.training import callbacks as nvae_callbacks
 from keras_nvae import distributions
 from keras_nvae.training.guarded_updates import GuardedUpdates
 from keras_nvae import inputs
@@ -25,6 +26,10 @@ METRIC_NAMES = (
     "bn_reg",
     "active_groups",
 )
+# Steps the schedules span after a `compile()` given no `total_steps`, until the
+# first `fit` sets their length: what `train_on_batch` and custom loops over
+# `train_step` run with.
+DEFAULT_TOTAL_STEPS = 10_000
 
 
 class NVAETrainer(GuardedUpdates):
@@ -99,8 +104,11 @@ class NVAETrainer(GuardedUpdates):
                 with eps 1e-3 and coupled L2 weight decay, linear warm-up then
                 cosine decay), or any Keras optimizer.
             total_steps: steps the schedules span (learning-rate warm-up and
-                cosine, KL warm-up, lambda annealing). Default: the first
-                `fit`'s `epochs * steps_per_epoch`, resolved when it starts.
+                cosine, KL warm-up, lambda annealing). Default: set by the
+                first `fit` to the steps trained so far plus its
+                `(epochs - initial_epoch) * steps_per_epoch`; until then
+                (`train_on_batch`, a custom loop over `train_step`)
+                `DEFAULT_TOTAL_STEPS` (10,000).
             steps_per_epoch: steps per epoch; with it the learning-rate cosine
                 is stepped per epoch, as in the official code.
             jit_compile: passed to `keras.Model.compile`.
@@ -108,54 +116,50 @@ class NVAETrainer(GuardedUpdates):
         """
         self._schedule_steps_per_epoch = steps_per_epoch
         self._default_optimizer_wanted = optimizer is None
-        self._schedule_pending = total_steps is None
         super().compile(optimizer=None, jit_compile=jit_compile, **kwargs)
         if optimizer is not None:
-            self.optimizer = self._with_loss_scaling(keras.optimizers.get(optimizer))
-        if total_steps is not None:
-            self._resolve_schedule(total_steps)
+            self.optimizer = _with_loss_scaling(keras.optimizers.get(optimizer))
+        pending = total_steps is None
+        self._set_schedule_span(DEFAULT_TOTAL_STEPS if pending else total_steps, pending)
 
-    def _resolve_schedule(self, total_steps):
-        """Fix the number of steps the schedules span: the one place it is set.
+    def _set_schedule_span(self, total_steps, pending=False):
+        """Set the number of steps the schedules span: the one place it is set.
 
         Sets `total_steps` (read by the KL warm-up and lambda annealing) and,
-        when `compile` was given no optimizer, creates the default optimizer
-        whose learning-rate schedule spans the same steps.
+        when `compile` was given no optimizer, the learning-rate schedule of
+        the default optimizer (created on the first call) to span the same
+        steps. With `pending`, the first `fit` sets the span again.
         """
         total_steps = max(int(total_steps), 1)
         self.total_steps.assign(total_steps)
-        self._schedule_pending = False
-        if self._default_optimizer_wanted:
+        self._schedule_pending = pending
+        if not self._default_optimizer_wanted:
+            return
+        schedule = self._default_schedule(total_steps)
+        if self.optimizer is None:
             with self.distribute_strategy.scope():
-                optimizer = self._default_optimizer(total_steps)
-            self.optimizer = self._with_loss_scaling(optimizer)
+                optimizer = nvae_optimizers.NVAEAdamax(
+                    learning_rate=schedule, l2_weight_decay=self.config.weight_decay
+                )
+            self.optimizer = _with_loss_scaling(optimizer)
+        else:
+            _replace_schedule(self.optimizer, schedule)
+            self.train_function = None  # The traced step holds the old schedule.
 
-    def _default_optimizer(self, total_steps):
+    def _default_schedule(self, total_steps):
         c = self.config
         steps_per_epoch = self._schedule_steps_per_epoch
         if steps_per_epoch:
             warmup = int(c.warmup_epochs * steps_per_epoch)
         else:
             warmup = int(round(total_steps * c.warmup_epochs / c.epochs))
-        schedule = nvae_optimizers.WarmupCosineSchedule(
+        return nvae_optimizers.WarmupCosineSchedule(
             peak_learning_rate=c.learning_rate,
             min_learning_rate=c.learning_rate_min,
             warmup_steps=min(warmup, total_steps),
             total_steps=total_steps,
             steps_per_epoch=steps_per_epoch,
         )
-        return nvae_optimizers.NVAEAdamax(
-            learning_rate=schedule, l2_weight_decay=c.weight_decay
-        )
-
-    @staticmethod
-    def _with_loss_scaling(optimizer):
-        if keras.mixed_precision.global_policy().name == "mixed_float16" and not isinstance(
-            optimizer, keras.optimizers.LossScaleOptimizer
-        ):
-            # The official code starts its gradient scaler at 2**10 (Keras: 2**15).
-            return keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=2.0**10)
-        return optimizer
 
     def get_compile_config(self):
         if not self.compiled:
@@ -182,7 +186,12 @@ class NVAETrainer(GuardedUpdates):
         inputs.check_fit_data(x, kwargs, replicas, self.config)
         if self._schedule_pending:
             per_epoch = _steps_per_epoch(x, steps_per_epoch, kwargs.get("batch_size"))
-            self._resolve_schedule(int(epochs) * per_epoch)
+            epochs_run = int(epochs) - int(kwargs.get("initial_epoch", 0))
+            trained = int(keras.ops.convert_to_numpy(self.global_step))
+            self._set_schedule_span(trained + epochs_run * per_epoch)
+        kwargs["callbacks"] = nvae_callbacks.with_progress_bar(
+            kwargs.get("callbacks"), kwargs.get("verbose", "auto")
+        )
         return super().fit(x, y, epochs=epochs, steps_per_epoch=steps_per_epoch, **kwargs)
 
     # ------------------------------------------------------------- objective
@@ -422,6 +431,23 @@ class NVAETrainer(GuardedUpdates):
             # shape-(1,) values gives back scalars.
             logs = {name: tf.reshape(value, (1,)) for name, value in logs.items()}
         return logs
+
+
+def _with_loss_scaling(optimizer):
+    """`optimizer`, under a `LossScaleOptimizer` when the policy is mixed_float16."""
+    if keras.mixed_precision.global_policy().name == "mixed_float16" and not isinstance(
+        optimizer, keras.optimizers.LossScaleOptimizer
+    ):
+        # The official code starts its gradient scaler at 2**10 (Keras: 2**15).
+        return keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=2.0**10)
+    return optimizer
+
+
+def _replace_schedule(optimizer, schedule):
+    """Give `optimizer` (or the one a `LossScaleOptimizer` wraps) a new learning-rate schedule."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        optimizer = optimizer.inner_optimizer
+    optimizer.learning_rate = schedule
 
 
 def _set_learning_rate(optimizer, learning_rate):
