@@ -11,8 +11,10 @@ independently, and prints each part next to the measured peak:
   forward + backward graph that a forward op produces and a backward op
   reads, sized from its static shape, summed by tower and by latent group
   (computed from the graph, before TF's graph optimisation);
-* graph and executor state: RSS at rest after the first train step, minus the
-  runtime, parameters and slots (measured);
+* graph and executor state: RSS at rest after two train steps, minus the
+  runtime, parameters, slots and kept activations (measured), taken from a
+  run at a small batch (`--reference_json`): at larger batches the
+  allocator keeps the freed activation memory at rest;
 * the step's measured peak: VmHWM over further train steps after a reset.
 
 What the computed parts do not explain (oneDNN scratch, the largest
@@ -20,7 +22,10 @@ transient working set, the allocator's slack) is the remainder.
 
 Example:
 
-    python benchmarks/memory_breakdown.py --preset cifar10 --batch_size 8
+    python benchmarks/memory_breakdown.py --preset cifar10 --batch_size 1 \
+        --output_json /tmp/b1.json
+    python benchmarks/memory_breakdown.py --preset cifar10 --batch_size 8 \
+        --reference_json /tmp/b1.json
     python benchmarks/memory_breakdown.py --preset tiny --batch_size 4 --override remat='"group"'
 
 See benchmarks/README.md.
@@ -28,6 +33,8 @@ See benchmarks/README.md.
 
 import argparse
 import collections
+import contextlib
+import functools
 import json
 import os
 import re
@@ -57,7 +64,19 @@ def build_parser():
         default="none",
     )
     p.add_argument("--steps", type=int, default=2, help="train steps after the reset")
+    p.add_argument(
+        "--trace_only",
+        action="store_true",
+        help="only size the activations kept for backward (trace, no training step)",
+    )
     p.add_argument("--output_json", default=None)
+    p.add_argument(
+        "--reference_json",
+        default=None,
+        help="this script's JSON for the same setting at a small batch (e.g. 1): its RSS at "
+        "rest, less its parameters, slots and kept activations, is the graph and executor "
+        "state (at the measured batch the allocator keeps freed activation memory at rest)",
+    )
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -79,14 +98,13 @@ _GROUP_TOWERS = {
 }
 
 
+@contextlib.contextmanager
 def scope_latent_groups():
-    """Runs each `LatentGroup` method under a name scope naming the group.
+    """Within the context, each `LatentGroup` method runs under a name scope naming the group.
 
     The groups' sublayers are called through methods, not `__call__`, so
     their ops carry no group name otherwise.
     """
-    import functools
-
     import tensorflow as tf
 
     from keras_nvae.layers.latent_group import LatentGroup
@@ -99,8 +117,14 @@ def scope_latent_groups():
 
         return wrapper
 
-    for name in _GROUP_TOWERS:
-        setattr(LatentGroup, name, scoped(getattr(LatentGroup, name)))
+    originals = {name: getattr(LatentGroup, name) for name in _GROUP_TOWERS}
+    try:
+        for name, method in originals.items():
+            setattr(LatentGroup, name, scoped(method))
+        yield
+    finally:
+        for name, method in originals.items():
+            setattr(LatentGroup, name, method)
 
 
 def _region(op_name):
@@ -165,6 +189,35 @@ def kept_activations(forward_graph, train_graph):
     return kept
 
 
+def trace_kept_activations(model, spec):
+    """`kept_activations` of one training-mode objective and its gradient.
+
+    Args:
+        model: a `keras_nvae.NVAE`.
+        spec: `tf.TensorSpec` of the image batch (static shape).
+
+    Returns:
+        `collections.Counter` of bytes by (tower, group index or None).
+    """
+    import tensorflow as tf
+
+    @tf.function(autograph=False)
+    def forward(x):
+        return model.compute_objective(x, training=True)["loss"]
+
+    @tf.function(autograph=False)
+    def forward_backward(x):
+        with tf.GradientTape() as tape:
+            loss = model.compute_objective(x, training=True)["loss"]
+        return tape.gradient(loss, model.trainable_variables)
+
+    with scope_latent_groups():
+        return kept_activations(
+            forward.get_concrete_function(spec).graph,
+            forward_backward.get_concrete_function(spec).graph,
+        )
+
+
 # --------------------------------------------------------------------- worker
 def _variable_bytes(variables):
     return sum(int(v.numpy().size) * v.numpy().dtype.itemsize for v in variables)
@@ -179,7 +232,6 @@ def measure(args):
 
     import keras_nvae
 
-    scope_latent_groups()
     if args.mixed_precision != "none":
         keras.mixed_precision.set_global_policy(args.mixed_precision)
     keras.utils.set_random_seed(args.seed)
@@ -200,28 +252,15 @@ def measure(args):
         images = (images >= 128).astype(np.uint8) * 255
     spec = tf.TensorSpec(shape, tf.uint8)
 
-    @tf.function(autograph=False)
-    def forward(x):
-        return model.compute_objective(x, training=True)["loss"]
-
-    @tf.function(autograph=False)
-    def forward_backward(x):
-        with tf.GradientTape() as tape:
-            loss = model.compute_objective(x, training=True)["loss"]
-        return tape.gradient(loss, model.trainable_variables)
-
     t0 = time.perf_counter()
-    kept = kept_activations(
-        forward.get_concrete_function(spec).graph,
-        forward_backward.get_concrete_function(spec).graph,
-    )
+    kept = trace_kept_activations(model, spec)
     result["trace_s"] = time.perf_counter() - t0
     result["kept_by_region_gib"] = {
         f"{tower}|{'' if group is None else group}": n / _GIB for (tower, group), n in kept.items()
     }
     result["kept_activations_gib"] = sum(kept.values()) / _GIB
-    del forward, forward_backward
-
+    if args.trace_only:
+        return result
     dataset = iter(tf.data.Dataset.from_tensors((tf.constant(images),)).repeat())
     model.make_train_function()
     t0 = time.perf_counter()
@@ -240,13 +279,18 @@ def measure(args):
         times.append(time.perf_counter() - t0)
     result["step_s"] = times
     result["peak_rss_step_gib"] = peak_rss_bytes() / _GIB
-    result["graph_and_executor_gib"] = (
-        result["rss_at_rest_gib"]
-        - result["runtime_gib"]
-        - result["parameters_gib"]
-        - result["optimizer_slots_gib"]
-    )
     return result
+
+
+def graph_and_executor_gib(reference):
+    """Graph and executor state from a run at a small batch: its RSS at rest less the rest."""
+    return (
+        reference["rss_at_rest_gib"]
+        - reference["runtime_gib"]
+        - reference["parameters_gib"]
+        - reference["optimizer_slots_gib"]
+        - reference["kept_activations_gib"]
+    )
 
 
 # --------------------------------------------------------------------- report
@@ -261,8 +305,28 @@ def _towers(result):
     return towers, groups
 
 
+def _print_kept(result):
+    towers, groups = _towers(result)
+    print(f"  {result['kept_activations_gib']:8.3f} GiB  activations kept for backward, by tower:")
+    for tower, gib in towers.most_common():
+        print(f"    {gib:8.3f} GiB  {tower}")
+    if groups:
+        print("  activations kept, per latent group (MiB; encoder cells / decoder cells / samplers):")
+        for g in sorted(groups):
+            c = groups[g]
+            print(
+                f"    group {g:2d}: {1024 * c['encoder cells']:.1f} / {1024 * c['decoder cells']:.1f} / "
+                f"{1024 * c['samplers, flows, combiners']:.1f}"
+            )
+
+
 def print_report(result):
     r = result
+    print(f"\nmemory of one train step: preset={r['preset']} batch={r['batch_size']} "
+          f"overrides={r['overrides']}")
+    if "peak_rss_step_gib" not in r:
+        _print_kept(r)
+        return
     computed = (
         r["runtime_gib"]
         + r["graph_and_executor_gib"]
@@ -273,11 +337,13 @@ def print_report(result):
     )
     r["sum_of_parts_gib"] = computed
     r["remainder_gib"] = r["peak_rss_step_gib"] - computed
-    print(f"\nmemory of one train step: preset={r['preset']} batch={r['batch_size']} "
-          f"overrides={r['overrides']}")
     rows = [
         ("runtime (TF, Keras, keras_nvae imported)", r["runtime_gib"], "measured"),
-        ("graph + executor state", r["graph_and_executor_gib"], "measured"),
+        (
+            f"graph + executor state (at rest, batch {r['graph_reference_batch_size']})",
+            r["graph_and_executor_gib"],
+            "measured",
+        ),
         ("parameters", r["parameters_gib"], "computed"),
         ("optimizer slots", r["optimizer_slots_gib"], "computed"),
         ("gradients (float32)", r["gradients_gib"], "computed"),
@@ -288,18 +354,7 @@ def print_report(result):
     ]
     for name, gib, how in rows:
         print(f"  {gib:8.3f} GiB  {name}  {how}")
-    towers, groups = _towers(r)
-    print("  activations kept, by tower:")
-    for tower, gib in towers.most_common():
-        print(f"    {gib:8.3f} GiB  {tower}")
-    if groups:
-        print("  activations kept, per latent group (GiB; encoder cells / decoder cells / samplers):")
-        for g in sorted(groups):
-            c = groups[g]
-            print(
-                f"    group {g:2d}: {c['encoder cells']:.3f} / {c['decoder cells']:.3f} / "
-                f"{c['samplers, flows, combiners']:.3f}"
-            )
+    _print_kept(r)
     print(f"  compile {r['compile_s']:.0f} s, steps {[round(t, 2) for t in r['step_s']]} s, "
           f"peak RSS incl. compile {r['peak_rss_compile_gib']:.2f} GiB")
 
@@ -307,6 +362,13 @@ def print_report(result):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     result = measure(args)
+    reference = result
+    if args.reference_json:
+        with open(args.reference_json) as f:
+            reference = json.load(f)
+    if not args.trace_only:
+        result["graph_and_executor_gib"] = graph_and_executor_gib(reference)
+        result["graph_reference_batch_size"] = reference["batch_size"]
     print_report(result)
     out = args.output_json or os.path.join(
         os.path.dirname(os.path.abspath(__file__)),
