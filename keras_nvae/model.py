@@ -2,10 +2,10 @@
 
 import keras
 
-from keras_nvae import legacy
+from keras_nvae.official import legacy
 from keras_nvae import presets as presets_lib
 from keras_nvae.network import NVAENetwork
-from keras_nvae.training import NVAETrainer
+from keras_nvae.training.trainer import NVAETrainer
 
 
 class _ClassProperty:
@@ -126,7 +126,7 @@ class NVAE(NVAETrainer, NVAENetwork):
         """Export a SavedModel with `sample` (serving default), `reconstruct`,
         `encode` and `log_likelihood` endpoints; see
         `keras_nvae.export.export_saved_model` for the signatures."""
-        from keras_nvae import export as export_lib
+        from keras_nvae.inference import export as export_lib
 
         if format != "tf_saved_model":
             raise ValueError(

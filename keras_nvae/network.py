@@ -7,7 +7,7 @@ from keras_nvae import distributions
 from keras_nvae import inputs as inputs_lib
 from keras_nvae import towers
 from keras_nvae.config import NVAEConfig
-from keras_nvae.inference import NVAEInference
+from keras_nvae.inference.api import NVAEInference
 from keras_nvae.layers.conv import Conv2D
 
 

@@ -1,6 +1,6 @@
 """Named NVAE configurations: the paper's (official README commands) and small ones."""
 
-from keras_nvae import datasets
+from keras_nvae.data import registry as datasets
 from keras_nvae.config import NVAEConfig
 
 # Shared by every official command: --use_se --res_dist --fast_adamax, res_mbconv,

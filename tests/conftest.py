@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 from keras_nvae import NVAE
-from keras_nvae import convert
+from keras_nvae.official import convert
 
 # Grappler's graph rewrites are off in the test processes. The tests trace many small graphs and
 # run each for a few steps, so optimising every graph cost more than it saved: the first `fit` of

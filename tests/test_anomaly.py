@@ -11,7 +11,7 @@ import tensorflow as tf
 from conftest import tiny_images
 from keras_nvae import NVAE
 from keras_nvae import data
-from keras_nvae import evaluation
+from keras_nvae.inference import evaluation
 
 # ---------------------------------------------------------------------- auroc
 

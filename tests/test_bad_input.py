@@ -26,10 +26,10 @@ from conftest import model_state
 from conftest import tiny_images
 from keras_nvae import NVAE
 from keras_nvae import config as config_lib
-from keras_nvae import convert
+from keras_nvae.official import convert
 from keras_nvae import data
 from keras_nvae import loading
-from keras_nvae import optimizers
+from keras_nvae.training import optimizers
 
 SHAPE = r"NHWC images of shape \(batch, 16, 16, 3\); got shape "
 DTYPE = r"NVAE expects images as uint8 \[0, 255\] or float \[0, 1\]; got dtype "

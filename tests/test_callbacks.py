@@ -9,8 +9,8 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from keras_nvae import NVAE
 from keras_nvae import noise
-from keras_nvae.callbacks import LatentSummaries
-from keras_nvae.callbacks import bn_statistics
+from keras_nvae.training.callbacks import LatentSummaries
+from keras_nvae.training.callbacks import bn_statistics
 
 
 def _events(log_dir):

@@ -13,8 +13,8 @@ import pytest
 import tensorflow as tf
 from conftest import lean_tiny
 
-from keras_nvae import checkpointing
-from keras_nvae.checkpointing import CheckpointStore
+from keras_nvae.training import checkpointing
+from keras_nvae.training.checkpointing import CheckpointStore
 
 # Resumed and uninterrupted runs must agree to this relative difference per tensor (the issue's
 # bound); on CPU the same ops on the same values give the same bits, so they agree exactly.
@@ -284,7 +284,7 @@ def test_sigterm_saves_mid_epoch_and_the_resumed_run_ends_like_an_uninterrupted_
 def test_the_trainer_exits_with_128_plus_the_signal_number_and_says_how_to_resume(
     monkeypatch, capsys
 ):
-    from trainers import train
+    from keras_nvae.cli import train
 
     def interrupted():
         raise checkpointing.TrainingInterrupted(signal.SIGTERM, 7, "runs/x/checkpoints")

@@ -60,7 +60,7 @@ def _function_source(name, body_lines, decorators=0):
 def test_library_files_are_found():
     files = [os.path.relpath(path, ROOT) for path in _library_files()]
     assert os.path.join("keras_nvae", "network.py") in files
-    assert os.path.join("trainers", "train.py") in files
+    assert os.path.join("keras_nvae", "cli", "train.py") in files
 
 
 def test_checker_flags_a_function_one_line_over_the_limit():

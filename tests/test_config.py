@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from keras_nvae import NVAE, NVAEConfig, objectives
+from keras_nvae import NVAE, NVAEConfig
+from keras_nvae.training import objectives
 from keras_nvae.config import parse_overrides
 from keras_nvae.presets import PRESETS, preset_config
 

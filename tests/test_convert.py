@@ -17,9 +17,9 @@ from conftest import lean_tiny
 from conftest import noise_seed_state
 from conftest import relative_error
 from conftest import tiny_images
-from keras_nvae import convert
+from keras_nvae.official import convert
 from keras_nvae.model import NVAE
-from trainers import convert as convert_cli
+from keras_nvae.cli import convert as convert_cli
 
 
 def _load_fixture(name):

@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_nvae import convert, data, datasets
+from keras_nvae import data
+from keras_nvae.official import convert
+from keras_nvae.data import pipeline
+from keras_nvae.data import registry as datasets
 from keras_nvae.presets import PRESETS, preset_config
 
 # Every name of every dataset, canonical name first (official train.py --dataset
@@ -212,8 +215,8 @@ def test_converter_accepts_only_official_names(dataset):
 
 # ----------------------------------------------------------- TFDS pipelines
 def test_tfds_pipeline_defaults_are_the_official_transforms():
-    preset = data._TfdsPreset
-    assert data._TFDS_PRESETS == {
+    preset = pipeline._TfdsPreset
+    assert pipeline._TFDS_PRESETS == {
         "mnist": preset(binarize=True, cache=True),
         "binarized_mnist": preset(already_binary=True, cache=True),
         "cifar10": preset(flip=True, cache=True),
@@ -228,7 +231,7 @@ def test_tfds_pipeline_defaults_are_the_official_transforms():
             },
         ),
     }
-    assert data._TFDS_ALIASES == {
+    assert pipeline._TFDS_ALIASES == {
         "celeba64": "celeb_a",
         "celeba_64": "celeb_a",
         "celebahq256": "celeb_a_hq/256",

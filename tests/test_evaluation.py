@@ -11,9 +11,10 @@ import tensorflow as tf
 from conftest import REORDERED_RTOL
 from conftest import noise_seed_state
 from conftest import tiny_images
-from keras_nvae import NVAE, official_layout
+from keras_nvae import NVAE
+from keras_nvae.official import layout as official_layout
 from keras_nvae import distributions
-from keras_nvae import evaluation
+from keras_nvae.inference import evaluation
 from keras_nvae.layers.normalization import BatchNorm
 
 BATCH = 8

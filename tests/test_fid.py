@@ -7,8 +7,8 @@ import pytest
 import scipy.linalg
 
 from conftest import tiny_images
-from keras_nvae import evaluation
-from keras_nvae import fid as fid_lib
+from keras_nvae.inference import evaluation
+from keras_nvae.inference import fid as fid_lib
 
 
 def _random_covariance(rng, dim, rank=None):

@@ -9,7 +9,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from conftest import Reference
-from keras_nvae.flows import (
+from keras_nvae.layers.flows import (
     IAFCell,
     IAFShiftBijector,
     MaskedConv2D,

@@ -32,8 +32,8 @@ RESUME_RTOL = 1e-4
 DRIVER = """
 import os, signal, sys
 import keras
-from keras_nvae import checkpointing
-from trainers import train
+from keras_nvae.training import checkpointing
+from keras_nvae.cli import train
 
 STEP, SIGNAL, COMMIT_STEP = {step}, {signal}, {commit_step}
 

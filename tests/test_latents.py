@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from conftest import lean_tiny
 from keras_nvae import NVAE
-from keras_nvae import latents
+from keras_nvae.inference import latents
 from keras_nvae import noise as noise_lib
 
 

@@ -303,7 +303,7 @@ def test_get_config_round_trip(layer):
 
 
 def test_batched_spectral_matrices_equal_per_layer_ones():
-    from keras_nvae.flows import MaskedConv2D
+    from keras_nvae.layers.flows import MaskedConv2D
     from keras_nvae.layers.conv import spectral_matrices
 
     convs = [

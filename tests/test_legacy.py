@@ -1,13 +1,14 @@
-"""`.keras` files written before the per-group layout still load, exactly."""
+"""`.keras` files written before the per-group layout still load, with the outputs they gave."""
 
 import os
 
 import keras
 import numpy as np
 import pytest
+from conftest import REORDERED_RTOL
 
-from keras_nvae import convert
-from keras_nvae.legacy import _LegacyView
+from keras_nvae.official import convert
+from keras_nvae.official.legacy import _LegacyView
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "legacy_tiny")
 
@@ -18,13 +19,17 @@ def legacy():
 
 
 def test_legacy_file_reproduces_its_outputs(legacy):
-    # The fixture holds the outputs the pre-split code gave for this input and
-    # noise; the same float32 ops in the same order must give them again.
+    # The fixture holds the outputs the pre-split code gave for this input and noise on
+    # another CPU. oneDNN picks its kernels (and so its summation order) by instruction set:
+    # on a CPU without AVX-512 the flow-corrected KL (log q - log p, a difference of larger
+    # terms) moved by 1.7e-6 of its largest value. A weight loaded into the wrong place moves
+    # the outputs by orders of magnitude more.
     model, ref = legacy
     noise = [ref[f"noise_{i:02d}"] for i in range(model.num_groups)]
     out = model(ref["x"], training=False, noise=noise)
     for key in ("logits", "log_q", "log_p", "kl", "recon_nll"):
-        np.testing.assert_allclose(out[key].numpy(), ref[key], rtol=1e-6, atol=1e-6 * np.abs(ref[key]).max())
+        scale = np.abs(ref[key]).max()
+        np.testing.assert_allclose(out[key].numpy(), ref[key], rtol=0, atol=REORDERED_RTOL * scale)
     sample_noise = [ref[f"sample_noise_{i:02d}"] for i in range(model.num_groups)]
     samples = model.sample(2, temperature=0.7, noise=sample_noise)
     np.testing.assert_allclose(samples.numpy(), ref["samples"], atol=1e-6)

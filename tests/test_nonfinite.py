@@ -12,7 +12,7 @@ import tensorflow as tf
 from conftest import lean_tiny, tiny_images
 
 from keras_nvae import NVAE
-from keras_nvae.step_guard import NonFiniteTrainingError
+from keras_nvae.training.step_guard import NonFiniteTrainingError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "scripts", "nonfinite_mirrored.py")

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_nvae.objectives import SpectralRegularizer
-from keras_nvae.objectives import balance_kl
-from keras_nvae.objectives import batchnorm_regularizer
-from keras_nvae.objectives import kl_balancing_alphas
-from keras_nvae.objectives import kl_warmup_coefficient
-from keras_nvae.objectives import regularization_coefficient
+from keras_nvae.training.objectives import SpectralRegularizer
+from keras_nvae.training.objectives import balance_kl
+from keras_nvae.training.objectives import batchnorm_regularizer
+from keras_nvae.training.objectives import kl_balancing_alphas
+from keras_nvae.training.objectives import kl_warmup_coefficient
+from keras_nvae.training.objectives import regularization_coefficient
 
 
 def _matrix_with_spectrum(rng, rows, cols, singular_values):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_nvae.optimizers import NVAEAdamax
-from keras_nvae.optimizers import WarmupCosineSchedule
+from keras_nvae.training.optimizers import NVAEAdamax
+from keras_nvae.training.optimizers import WarmupCosineSchedule
 
 SHAPES = [(3, 4), (5,), (2, 2, 3)]
 

@@ -32,8 +32,8 @@ import pytest
 
 from conftest import OUTPUT_KEYS
 from conftest import PARITY_RTOL
-from keras_nvae import objectives
-from keras_nvae import parity
+from keras_nvae.training import objectives
+from keras_nvae.official import parity
 
 FIXTURE_DIR = os.path.join(os.path.dirname(__file__), "fixtures")
 FIXTURES = ("mnist", "cifar")

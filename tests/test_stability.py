@@ -161,7 +161,7 @@ def test_weight_average_is_saved_and_updated_by_fit(tmp_path):
 
 
 def test_trainer_flags_set_the_config_fields():
-    from trainers import train
+    from keras_nvae.cli import train
 
     train.FLAGS.unparse_flags()
     train.FLAGS([

@@ -15,12 +15,12 @@ import keras
 import pytest
 import tensorflow as tf
 
-from trainers import convert
-from trainers import evaluate
-from trainers import parity
-from trainers import sample
-from trainers import train
-from trainers import tune
+from keras_nvae.cli import convert
+from keras_nvae.cli import evaluate
+from keras_nvae.cli import parity
+from keras_nvae.cli import sample
+from keras_nvae.cli import train
+from keras_nvae.cli import tune
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = {
@@ -152,7 +152,7 @@ def test_evaluate_program_writes_anomaly_scores(run, tmp_path, capsys):
     import numpy as np
 
     from keras_nvae import data
-    from keras_nvae import evaluation
+    from keras_nvae.inference import evaluation
 
     output_dir, _ = run
     model_path = os.path.join(output_dir, "model.keras")

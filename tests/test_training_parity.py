@@ -20,11 +20,11 @@ import pytest
 from keras import ops
 
 from keras_nvae import NVAE
-from keras_nvae import convert
-from keras_nvae import objectives
-from keras_nvae import optimizers as nvae_optimizers
-from keras_nvae import parity as parity_lib
-from trainers import parity
+from keras_nvae.official import convert
+from keras_nvae.training import objectives
+from keras_nvae.training import optimizers as nvae_optimizers
+from keras_nvae.official import parity as parity_lib
+from keras_nvae.cli import parity
 
 FIXTURE_DIR = os.path.join(os.path.dirname(__file__), "fixtures")
 

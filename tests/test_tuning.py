@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_nvae import tuning
-from trainers import tune
+from keras_nvae.training import tuning
+from keras_nvae.cli import tune
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OBJECTIVE = keras_tuner.Objective("val_bpd", "min")

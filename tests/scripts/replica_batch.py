@@ -22,7 +22,7 @@ from conftest import assert_state_unchanged  # noqa: E402
 from conftest import lean_tiny  # noqa: E402
 from conftest import model_state  # noqa: E402
 from conftest import tiny_images  # noqa: E402
-from keras_nvae import optimizers  # noqa: E402
+from keras_nvae.training import optimizers  # noqa: E402
 
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 with strategy.scope():

@@ -34,9 +34,9 @@ import zipfile
 import keras
 import numpy as np
 
-from keras_nvae import convert
-from keras_nvae import objectives
-from keras_nvae import optimizers as nvae_optimizers
+from keras_nvae.official import convert
+from keras_nvae.training import objectives
+from keras_nvae.training import optimizers as nvae_optimizers
 
 # Forward outputs: ten times the official code's own float32 noise (<= 1e-6 of
 # each array's largest magnitude, measured by re-running it in float64).

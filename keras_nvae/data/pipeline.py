@@ -28,7 +28,7 @@ import textwrap
 import numpy as np
 import tensorflow as tf
 
-from keras_nvae import datasets
+from keras_nvae.data import registry as datasets
 
 AUTOTUNE = tf.data.AUTOTUNE
 

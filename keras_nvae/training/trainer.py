@@ -6,11 +6,11 @@ import keras
 import tensorflow as tf
 
 from keras_nvae import distributions
-from keras_nvae.guarded_training import GuardedUpdates
+from keras_nvae.training.guarded_updates import GuardedUpdates
 from keras_nvae import inputs
-from keras_nvae import objectives
-from keras_nvae import official_layout
-from keras_nvae import optimizers as nvae_optimizers
+from keras_nvae.training import objectives
+from keras_nvae.official import layout as official_layout
+from keras_nvae.training import optimizers as nvae_optimizers
 from keras_nvae.layers.conv import Conv2D, spectral_matrices
 from keras_nvae.layers.normalization import BatchNorm
 

@@ -7,9 +7,9 @@ import tensorflow as tf
 
 from keras_nvae import distributions
 from keras_nvae import inputs
-from keras_nvae.fid import dataset_statistics  # noqa: F401  (public API)
-from keras_nvae.fid import fid  # noqa: F401  (public API)
-from keras_nvae.fid import frechet_distance  # noqa: F401  (public API)
+from keras_nvae.inference.fid import dataset_statistics  # noqa: F401  (public API)
+from keras_nvae.inference.fid import fid  # noqa: F401  (public API)
+from keras_nvae.inference.fid import frechet_distance  # noqa: F401  (public API)
 
 
 def bits_per_dim(

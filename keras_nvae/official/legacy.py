@@ -15,8 +15,8 @@ import keras
 import numpy as np
 from keras.src.saving import saving_lib
 
-from keras_nvae import official_layout
-from keras_nvae.optimizers import NVAEAdamax
+from keras_nvae.official import layout as official_layout
+from keras_nvae.training.optimizers import NVAEAdamax
 
 _LEGACY_ROOT_GROUPS = ("enc_tower", "dec_tower")
 

@@ -5,8 +5,8 @@ import contextlib
 import keras
 import tensorflow as tf
 
-from keras_nvae import step_guard
-from keras_nvae.weight_average import WeightAverage
+from keras_nvae.training import step_guard
+from keras_nvae.training.weight_average import WeightAverage
 
 
 class GuardedUpdates:

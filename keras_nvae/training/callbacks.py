@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_nvae import evaluation
-from keras_nvae import latents
+from keras_nvae.inference import evaluation
+from keras_nvae.inference import latents
 from keras_nvae import noise
 
 

@@ -1,0 +1,2 @@
+"""The command-line programs (`nvae-train`, `nvae-evaluate`, `nvae-sample`, `nvae-convert`,
+`nvae-tune`, `nvae-parity`)."""

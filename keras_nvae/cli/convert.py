@@ -1,0 +1,128 @@
+r"""Convert an official NVAE checkpoint (NVlabs/NVAE) to a Keras model.
+
+Reads the official `checkpoint.pt` (needs torch: `pip install 'keras_nvae[convert]'`) or a `.npz`
+export of it (flags as JSON under `args_json`, tensors under `param/<name>`), builds the matching
+`keras_nvae.NVAE`, loads every tensor and saves a `.keras` file (and, optionally, a TensorFlow
+SavedModel).
+
+Usage (`nvae-convert` is the installed command; `python -m trainers.convert` runs the same):
+```
+nvae-convert --checkpoint=eval-cifar10/checkpoint.pt --output=nvae_cifar10.keras \
+    [--saved_model=nvae_cifar10_savedmodel] [--official_dmol]
+```
+
+`--official_dmol` keeps the official 8-bit DMoL quirks (right edge at 0.99, which leaves the
+likelihood unnormalised, and sampling temperature dividing the logistic scale); only use it to
+reproduce the official numbers exactly. See docs/official_checkpoints.md.
+
+Errors (missing file, unreadable, refused or mismatched checkpoint, torch missing) print one
+message to stderr and exit with status 1.
+"""
+
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from keras_nvae.cli.common import CommandLineError
+from keras_nvae.cli.common import one_line
+from keras_nvae.cli.common import parse_absl_flags
+from keras_nvae.cli.common import run_main
+
+# A private FlagValues (the convention of keras_nvae.cli): importing this program next to the others,
+# which also define e.g. --checkpoint or --output, never clashes; `main` parses it.
+FLAGS = flags.FlagValues()
+flags.DEFINE_string(
+    "checkpoint", None, "Official checkpoint.pt, or a .npz export of it.", flag_values=FLAGS
+)
+flags.DEFINE_string("output", None, "Where to write the Keras model (.keras).", flag_values=FLAGS)
+flags.DEFINE_string(
+    "saved_model", None, "Optional directory for a TensorFlow SavedModel export.", flag_values=FLAGS
+)
+flags.DEFINE_bool(
+    "official_dmol",
+    False,
+    "Reproduce the official (unnormalised 8-bit) DMoL likelihood and its sampling temperature.",
+    flag_values=FLAGS,
+)
+
+
+
+def export_saved_model(model, directory):
+    """Write `model` as a TensorFlow SavedModel (see `keras_nvae.export`)."""
+    model.export(directory, verbose=False)
+
+
+def convert_checkpoint(checkpoint, output, saved_model=None, official_dmol=False):
+    """Load an official checkpoint and save it as `.keras` (and optionally a SavedModel).
+
+    Args:
+        checkpoint: path of the official `.pt` or a `.npz` export.
+        output: path of the `.keras` file to write.
+        saved_model: optional SavedModel directory.
+        official_dmol: build the model with `official_dmol=True`.
+
+    Returns:
+        The loaded `keras_nvae.NVAE`.
+
+    Raises:
+        FileNotFoundError, ImportError (torch missing for a `.pt`),
+        keras_nvae.convert.CheckpointError, ValueError (unsupported flags or output path).
+    """
+    from keras_nvae.official import convert
+
+    if not output.endswith(".keras"):
+        raise ValueError(f"--output must end in .keras, got {output!r}.")
+    overrides = {"official_dmol": True} if official_dmol else {}
+    model = convert.load_official_checkpoint(checkpoint, **overrides)
+    directory = os.path.dirname(os.path.abspath(output))
+    os.makedirs(directory, exist_ok=True)
+    model.save(output)
+    if saved_model:
+        export_saved_model(model, saved_model)
+    return model
+
+
+def convert():
+    """Convert as the flags say; raises `CommandLineError` for user errors."""
+    from keras_nvae.official import convert as convert_lib
+
+    for name in ("checkpoint", "output"):
+        if not FLAGS[name].value:
+            raise CommandLineError(f"--{name} is required.")
+    try:
+        convert_checkpoint(
+            FLAGS.checkpoint,
+            FLAGS.output,
+            saved_model=FLAGS.saved_model,
+            official_dmol=FLAGS.official_dmol,
+        )
+    except (OSError, ImportError, convert_lib.CheckpointError, ValueError) as error:
+        # Missing file, torch not installed, unreadable or mismatched checkpoint, unsupported
+        # flags (CheckpointError is a ValueError; listed for the reader).
+        raise CommandLineError(one_line(error)) from None
+    logging.info("Wrote %s", FLAGS.output)
+    if FLAGS.saved_model:
+        logging.info("Wrote the SavedModel %s", FLAGS.saved_model)
+
+
+def main(argv):
+    """Run the converter on a command line (`argv[0]` is the program).
+
+    `run` passes the command line without absl's own flags (see
+    `keras_nvae.cli.common.parse_absl_flags`); tests call `main` in-process.
+
+    Returns:
+        The exit status: 0 on success, 1 on a user error (one line on stderr, no traceback).
+    """
+    return run_main(convert, FLAGS, argv, __doc__)
+
+
+def run():
+    """The `nvae-convert` command: `main` as an `absl.app` program."""
+    app.run(main, flags_parser=parse_absl_flags)
+
+
+if __name__ == "__main__":
+    run()

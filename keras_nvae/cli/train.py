@@ -1,0 +1,562 @@
+r"""Train an NVAE, then report its test bits/dim and write samples.
+
+Usage (`nvae-train` is the installed command; `python -m trainers.train` runs the same):
+```
+nvae-train            # digits preset on scikit-learn's digits, minutes on a CPU
+nvae-train --preset cifar10 --dataset cifar10 --data_dir ~/tensorflow_datasets \
+    --distribute mirrored --mixed_precision mixed_bfloat16
+```
+
+Everything goes to --output_dir (default `runs/<preset>`): `model.keras` (saved after every
+epoch), `checkpoints/` (the training state, saved every --checkpoint_every_steps steps, at every
+epoch end and on SIGTERM/SIGINT; removed when the run is finished), `train_steps.jsonl` (the
+metrics after every step, one JSON line each), `logs/` (TensorBoard: metrics, and every
+--pictures_every_n_epochs epochs sample grids, partial-posterior reconstructions and per-group
+KL under `logs/latents`), and at the end `samples.png`, `reconstructions.png` and
+`metrics.json`. Every file but the pictures and logs is written under a temporary name and
+renamed. Running the same command again after an interruption (even a kill) resumes from the
+last save, inside an epoch, and ends with the weights of an uninterrupted run; after SIGTERM or
+SIGINT the trainer saves first and exits with status 128 + the signal number.
+
+Progress is Keras' progress bar on a terminal and one line per epoch otherwise. The last line
+printed to stdout is the test result,
+e.g. `test bits/dim: 3.6012 (IW, K=100; 159.78 nats/image); NELBO bits/dim: 3.7011`.
+User errors (bad flags, unknown preset, missing data) print one line to stderr and exit with 1.
+"""
+
+import math
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from keras_nvae.cli.common import CommandLineError
+from keras_nvae.cli.common import image_grid
+from keras_nvae.cli.common import load_dataset
+from keras_nvae.cli.common import one_line
+from keras_nvae.cli.common import parse_absl_flags
+from keras_nvae.cli.common import program_name
+from keras_nvae.cli.common import run_main
+from keras_nvae.cli.common import write_png
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("preset", "digits", "Model preset, one of NVAE.presets.", flag_values=FLAGS)
+flags.DEFINE_string(
+    "dataset",
+    "digits",
+    "Data source for keras_nvae.data.make_dataset: 'digits', a TensorFlow Datasets name "
+    "(e.g. cifar10, mnist), a folder of PNG/JPEG images, or a .npy/.npz file.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_string("data_dir", None, "TensorFlow Datasets data directory.", flag_values=FLAGS)
+flags.DEFINE_bool(
+    "download", False, "Let TensorFlow Datasets download and prepare data.", flag_values=FLAGS
+)
+flags.DEFINE_string(
+    "eval_split", "test", "Split used for validation and the final test.", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "epochs", None, "Training epochs (default: the preset's).", lower_bound=1, flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "batch_size",
+    None,
+    "Batch size per replica (default: the preset's, which is per GPU as in the paper).",
+    lower_bound=1,
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "steps_per_epoch",
+    None,
+    "Steps per epoch over repeated training data (default: one pass over the data).",
+    lower_bound=1,
+    flag_values=FLAGS,
+)
+flags.DEFINE_string(
+    "output_dir", None, "Run directory (default: runs/<preset>).", flag_values=FLAGS
+)
+flags.DEFINE_multi_string(
+    "override",
+    [],
+    "NVAEConfig field as key=value (value parsed as JSON, else a string), e.g. "
+    "--override num_channels_enc=32 --override image_shape=[16,16,3]. Repeatable.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_float(
+    "learning_rate", None, "Peak learning rate (default: the preset's).", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "max_consecutive_nonfinite",
+    None,
+    "Stop with an error after this many steps in a row with a non-finite loss or gradient "
+    "(each is skipped and changes nothing); 0 never stops (default: the config's, 10).",
+    lower_bound=0,
+    flag_values=FLAGS,
+)
+flags.DEFINE_float(
+    "grad_clip_norm", None, "Clip gradients to this global norm (default: none).",
+    lower_bound=0.0, flag_values=FLAGS,
+)
+flags.DEFINE_float(
+    "grad_skip_norm",
+    None,
+    "Skip updates whose gradient global norm exceeds this, as VDVAE (default: none).",
+    lower_bound=0.0,
+    flag_values=FLAGS,
+)
+flags.DEFINE_float(
+    "ema_decay",
+    None,
+    "Keep an exponential moving average of the weights with this decay (e.g. 0.9999) for "
+    "evaluation, samples and export (default: none).",
+    lower_bound=0.0,
+    flag_values=FLAGS,
+)
+flags.DEFINE_bool(
+    "jit_compile",
+    None,
+    "XLA-compile the train step (default: Keras 'auto', i.e. on for a single GPU).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_enum(
+    "mixed_precision",
+    "none",
+    ["none", "mixed_float16", "mixed_bfloat16"],
+    "Keras mixed-precision policy.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_enum(
+    "distribute",
+    "none",
+    ["none", "mirrored", "multi_worker"],
+    "tf.distribute strategy: mirrored (all local GPUs) or multi_worker (TF_CONFIG).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "eval_samples",
+    100,
+    "Importance samples per test image for the final IW bits/dim.",
+    lower_bound=1,
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "max_train_batches",
+    None,
+    "Cap on training batches per epoch.",
+    lower_bound=1,
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "max_eval_batches", None, "Cap on evaluation batches.", lower_bound=1, flag_values=FLAGS
+)
+flags.DEFINE_float(
+    "temperature", 0.7, "Prior temperature of samples.png.", flag_values=FLAGS
+)
+flags.register_validator(
+    "temperature", lambda value: value > 0, "--temperature must be > 0.", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "seed", 0, "Random seed of weights, shuffling and sampling.", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "pictures_every_n_epochs",
+    5,
+    "Write sample grids (temperatures 0.6/0.8/1.0), partial-posterior reconstructions and "
+    "per-group KL to TensorBoard every N epochs (0: never; single-device runs only).",
+    lower_bound=0,
+    flag_values=FLAGS,
+)
+flags.DEFINE_bool(
+    "resume",
+    True,
+    "Save the training state (every --checkpoint_every_steps steps, every epoch and on "
+    "SIGTERM/SIGINT) and resume an interrupted run from it.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "checkpoint_every_steps",
+    500,
+    "Save the training state every N steps (with --resume); a kill loses at most N steps.",
+    lower_bound=1,
+    flag_values=FLAGS,
+)
+
+NUM_SAMPLES = 64
+NUM_RECONSTRUCTIONS = 16
+NUM_PICTURE_IMAGES = 8
+
+
+def make_config():
+    """The preset's `NVAEConfig` with the flags' overrides applied."""
+    from keras_nvae import presets
+    from keras_nvae.config import parse_overrides
+
+    try:
+        overrides = parse_overrides(FLAGS.override)
+        for name in (
+            "epochs",
+            "batch_size",
+            "learning_rate",
+            "max_consecutive_nonfinite",
+            "grad_clip_norm",
+            "grad_skip_norm",
+            "ema_decay",
+        ):
+            if FLAGS[name].value is not None:
+                overrides[name] = FLAGS[name].value
+        return presets.preset_config(FLAGS.preset, **overrides)
+    except ValueError as error:
+        raise CommandLineError(one_line(error)) from None
+
+
+def make_strategy():
+    """The `tf.distribute` strategy of --distribute (create it before any model)."""
+    import tensorflow as tf
+
+    if FLAGS.distribute == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if FLAGS.distribute == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise CommandLineError(
+                "--distribute multi_worker needs the TF_CONFIG environment variable "
+                "(the cluster and this worker's task)."
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def worker_directory(strategy, output_dir):
+    """Where this process writes: `output_dir` for the chief, a subfolder otherwise.
+
+    Returns:
+        (directory, is_chief).
+    """
+    if FLAGS.distribute != "multi_worker":
+        return output_dir, True
+    resolver = strategy.cluster_resolver
+    task_type, task_id = resolver.task_type, resolver.task_id
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    if task_type == "chief" or (task_type == "worker" and task_id == 0 and not has_chief):
+        return output_dir, True
+    return os.path.join(output_dir, f"{task_type}_{task_id}"), False
+
+
+def make_datasets(config, batch_size):
+    """Training and evaluation pipelines, checked against the model's image shape.
+
+    The training data of each epoch is its own pipeline, shuffled and augmented with the
+    epoch's seed, so that a resumed run sees the batches an uninterrupted one sees.
+
+    Returns:
+        (function of the epoch returning its training batches, evaluation data,
+        steps per epoch).
+    """
+    from keras_nvae.training.checkpointing import epoch_seed
+
+    repeat = FLAGS.steps_per_epoch is not None
+    common = dict(batch_size=batch_size, data_dir=FLAGS.data_dir, download=FLAGS.download)
+    hint = (
+        f"Pick a matching --preset (now {FLAGS.preset!r}) or "
+        "--override image_shape=[height,width,channels]."
+    )
+
+    def train_data(epoch):
+        return load_dataset(
+            FLAGS.dataset,
+            "train",
+            config.image_shape,
+            hint=hint,
+            repeat=repeat,
+            seed=epoch_seed(FLAGS.seed, epoch),
+            **common,
+        )
+
+    train = train_data(0)
+    test = load_dataset(
+        FLAGS.dataset,
+        FLAGS.eval_split,
+        config.image_shape,
+        hint=hint,
+        shuffle=False,
+        seed=FLAGS.seed,
+        **common,
+    )
+    if FLAGS.max_eval_batches:
+        test = test.take(FLAGS.max_eval_batches)
+    if repeat:
+        steps = FLAGS.steps_per_epoch
+        if FLAGS.max_train_batches:
+            steps = min(steps, FLAGS.max_train_batches)
+    else:
+        if FLAGS.max_train_batches:
+            train = train.take(FLAGS.max_train_batches)
+        steps = int(train.cardinality())
+        if steps == 0:
+            raise CommandLineError(f"--dataset {FLAGS.dataset!r} has no training images.")
+        if steps < 0:
+            raise CommandLineError(
+                f"the length of --dataset {FLAGS.dataset!r} is unknown; pass --steps_per_epoch."
+            )
+    return train_data, test, steps
+
+
+def make_callbacks(directory):
+    """The latest model (`model.keras`, written atomically) and TensorBoard logs under
+    `directory`."""
+    import keras
+
+    from keras_nvae.training.checkpointing import ModelSaver
+
+    return [
+        ModelSaver(os.path.join(directory, "model.keras")),
+        keras.callbacks.TensorBoard(os.path.join(directory, "logs"), write_graph=False),
+    ]
+
+
+def fit(model, train_data, test_data, steps, directory, callbacks):
+    """Train resumably (see `keras_nvae.checkpointing.fit_resumable`).
+
+    Returns:
+        The history: {metric: [value per epoch]}, epochs before a resume included.
+
+    Raises:
+        CommandLineError: the training state cannot be saved or restored, or too many
+            consecutive steps were non-finite.
+    """
+    from keras_nvae.training import checkpointing
+    from keras_nvae.training.step_guard import NonFiniteTrainingError
+
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as error:
+        raise CommandLineError(
+            f"cannot create the output folder {directory!r} ({error.strerror}); pass a "
+            "writable --output_dir."
+        ) from None
+    try:
+        return checkpointing.fit_resumable(
+            model,
+            train_data,
+            epochs=model.config.epochs,
+            steps_per_epoch=steps,
+            directory=os.path.join(directory, "checkpoints") if FLAGS.resume else None,
+            checkpoint_every_steps=FLAGS.checkpoint_every_steps,
+            step_log=os.path.join(directory, "train_steps.jsonl"),
+            callbacks=callbacks,
+            validation_data=test_data,
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+    except (
+        checkpointing.CheckpointError,
+        checkpointing.CheckpointWriteError,
+        NonFiniteTrainingError,
+    ) as error:
+        raise CommandLineError(one_line(error)) from None
+
+
+def picture_callbacks(test, directory):
+    """The `LatentSummaries` callback of --pictures_every_n_epochs (none when 0 or distributed)."""
+    from keras_nvae.training.callbacks import LatentSummaries
+
+    if not FLAGS.pictures_every_n_epochs or FLAGS.distribute != "none":
+        return []
+    images = _float_images(next(iter(test))[:NUM_PICTURE_IMAGES])
+    return [
+        LatentSummaries(
+            os.path.join(directory, "logs"),
+            images,
+            every_n_epochs=FLAGS.pictures_every_n_epochs,
+            seed=FLAGS.seed,
+        )
+    ]
+
+
+def _float_images(images):
+    import numpy as np
+
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / 255.0
+    return images.astype(np.float32)
+
+
+def write_images(model, test, directory):
+    """Write samples.png (8x8 prior samples) and reconstructions.png (inputs over outputs)."""
+    import numpy as np
+
+    inputs = _float_images(next(iter(test))[:NUM_RECONSTRUCTIONS])
+    outputs = np.asarray(model.reconstruct(inputs))
+    write_png(
+        os.path.join(directory, "reconstructions.png"),
+        image_grid(np.concatenate([inputs, outputs]), columns=len(inputs)),
+    )
+    samples = model.sample(NUM_SAMPLES, temperature=FLAGS.temperature, seed=FLAGS.seed)
+    write_png(
+        os.path.join(directory, "samples.png"),
+        image_grid(np.asarray(samples), columns=int(math.sqrt(NUM_SAMPLES))),
+    )
+
+
+def log_training_start(model, config, steps, replicas, directory):
+    """Log what is trained on what, for how long, and where the results go."""
+    parameters = sum(math.prod(weight.shape) for weight in model.trainable_weights)
+    logging.info(
+        "Training preset %r (%s trainable parameters) on %r: %d epochs x %d steps, batch "
+        "%d x %d replica(s); writing to %s",
+        FLAGS.preset,
+        f"{parameters:,}",
+        FLAGS.dataset,
+        config.epochs,
+        steps,
+        config.batch_size,
+        replicas,
+        directory,
+    )
+
+
+def evaluate_metrics(model, history, test_data, config, steps, train_seconds):
+    """Evaluate the trained model on the test data and gather the run's metrics.
+
+    Args:
+        model: the trained `NVAE`.
+        history: its training history, {metric: [value per epoch]}.
+        test_data: the evaluation dataset.
+        config: the model's `NVAEConfig`.
+        steps: training steps per epoch.
+        train_seconds: wall-clock training time.
+
+    Returns:
+        The metrics dict written to metrics.json: the run, the test split's
+        importance-weighted and ELBO bits/dim, the training history and config.
+    """
+    from keras_nvae.inference import evaluation
+
+    elbo = model.evaluate(test_data, return_dict=True, verbose=0)
+    iw = evaluation.bits_per_dim(model, test_data, num_samples=FLAGS.eval_samples)
+    return {
+        "preset": FLAGS.preset,
+        "dataset": FLAGS.dataset,
+        "epochs": config.epochs,
+        "steps_per_epoch": steps,
+        "global_step": int(model.global_step.numpy()),
+        "train_seconds": round(train_seconds, 1),
+        "test": {
+            "split": FLAGS.eval_split,
+            "iw_bpd": iw["bpd"],
+            "iw_nll_nats": iw["nll_nats"],
+            "iw_num_samples": FLAGS.eval_samples,
+            "num_images": iw["num_images"],
+            "nelbo_bpd": float(elbo["bpd"]),
+            "nelbo_nats": float(elbo["nelbo"]),
+            "recon_nats": float(elbo["recon"]),
+            "kl_nats": float(elbo["kl"]),
+            "active_groups": float(elbo["active_groups"]),
+        },
+        "history": {
+            name: [float(value) for value in values]
+            for name, values in history.items()
+        },
+        "config": config.to_dict(),
+    }
+
+
+def train():
+    """Train and evaluate as the flags say; raises `CommandLineError` for user errors.
+
+    Returns:
+        The metrics written to metrics.json.
+    """
+    config = make_config()
+    if FLAGS.jit_compile and FLAGS.distribute != "none":
+        raise CommandLineError(
+            "--jit_compile cannot be combined with --distribute: Keras 3 XLA-compiles the "
+            "step of all replicas as one computation on one device, which cannot reach the "
+            "other replicas' variables. Leave --jit_compile unset (BUILD_NOTES.md, "
+            "'XLA with MirroredStrategy')."
+        )
+    output_dir = FLAGS.output_dir or os.path.join("runs", FLAGS.preset)
+
+    import keras
+
+    from keras_nvae import NVAE
+    from keras_nvae.training import checkpointing
+
+    keras.utils.set_random_seed(FLAGS.seed)
+    keras.mixed_precision.set_global_policy(
+        "float32" if FLAGS.mixed_precision == "none" else FLAGS.mixed_precision
+    )
+    strategy = make_strategy()
+    directory, is_chief = worker_directory(strategy, output_dir)
+    replicas = strategy.num_replicas_in_sync
+    train_data, test_data, steps = make_datasets(config, config.batch_size * replicas)
+    with strategy.scope():
+        model = NVAE(config)
+        model.compile(
+            total_steps=config.epochs * steps,
+            steps_per_epoch=steps,
+            jit_compile="auto" if FLAGS.jit_compile is None else FLAGS.jit_compile,
+        )
+    log_training_start(model, config, steps, replicas, directory)
+    callbacks = make_callbacks(directory) + picture_callbacks(test_data, directory)
+    start = time.time()
+    history = fit(model, train_data, test_data, steps, directory, callbacks)
+    train_seconds = time.time() - start
+
+    metrics = evaluate_metrics(model, history, test_data, config, steps, train_seconds)
+    if is_chief:
+        write_images(model, test_data, directory)
+        try:
+            checkpointing.write_json(os.path.join(directory, "metrics.json"), metrics)
+        except OSError as error:
+            raise CommandLineError(
+                one_line(checkpointing.write_failure("metrics.json", directory, error))
+            ) from None
+        logging.info(
+            "Wrote %s{model.keras, samples.png, reconstructions.png, metrics.json}; "
+            "TensorBoard logs in %s",
+            os.path.join(directory, ""),
+            os.path.join(directory, "logs"),
+        )
+    checkpointing.CheckpointStore(os.path.join(directory, "checkpoints")).clear()
+    test = metrics["test"]
+    print(
+        f"test bits/dim: {test['iw_bpd']:.4f} (IW, K={FLAGS.eval_samples}; "
+        f"{test['iw_nll_nats']:.2f} nats/image); NELBO bits/dim: {test['nelbo_bpd']:.4f}",
+        flush=True,
+    )
+    return metrics
+
+
+def main(argv):
+    """Run the trainer on a command line (`argv[0]` is the program).
+
+    `run` passes the command line without absl's own flags (see
+    `keras_nvae.cli.common.parse_absl_flags`); tests call `main` in-process.
+
+    Returns:
+        The exit status: 0 on success, 1 on a user error (one line on stderr),
+        128 + the signal number after SIGTERM/SIGINT (the state is saved first).
+    """
+    try:
+        return run_main(train, FLAGS, argv, __doc__)
+    except Exception as error:
+        # Only `train()` imports keras_nvae.training.checkpointing, the sole source of
+        # TrainingInterrupted; importing it before would load TensorFlow before
+        # the flags are checked.
+        checkpointing = sys.modules.get("keras_nvae.training.checkpointing")
+        if checkpointing is None or not isinstance(error, checkpointing.TrainingInterrupted):
+            raise
+        print(f"{program_name(argv)}: {error}", file=sys.stderr)
+        return 128 + error.signal_number
+
+
+def run():
+    """The `nvae-train` command: `main` as an `absl.app` program."""
+    app.run(main, flags_parser=parse_absl_flags)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,18 @@
+"""Probability distributions of NVAE: latent Normals and image likelihoods."""
+
+from keras_nvae.distributions.likelihoods import LOG_SCALE_MIN
+from keras_nvae.distributions.likelihoods import SIGMA_FLOOR
+from keras_nvae.distributions.likelihoods import SOFT_CLAMP_BOUND
+from keras_nvae.distributions.likelihoods import UNIFORM_EPS
+from keras_nvae.distributions.likelihoods import DiscretizedMixtureLogistics
+from keras_nvae.distributions.likelihoods import NormalDecoder
+from keras_nvae.distributions.likelihoods import bernoulli_decoder
+from keras_nvae.distributions.likelihoods import decoder_num_channels
+from keras_nvae.distributions.likelihoods import make_decoder_distribution
+from keras_nvae.distributions.likelihoods import nats_to_bits_per_dim
+from keras_nvae.distributions.likelihoods import normal_from_params
+from keras_nvae.distributions.likelihoods import reduce_bits
+from keras_nvae.distributions.likelihoods import residual_normal
+from keras_nvae.distributions.likelihoods import soft_clamp
+from keras_nvae.distributions.likelihoods import split_normal_params
+from keras_nvae.distributions.likelihoods import standard_normal_prior

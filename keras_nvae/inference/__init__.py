@@ -1,0 +1,1 @@
+"""Using a trained NVAE: sampling, encoding, latents, evaluation, FID and export."""

@@ -1,0 +1,2 @@
+"""NVAE training: the trainer, guarded steps, weight average, objectives, optimizers,
+callbacks, checkpoints and hyper-parameter tuning."""
