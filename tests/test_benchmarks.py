@@ -116,6 +116,8 @@ def _find_max_batch(tmp_path, *flags):
     cmd = [
         sys.executable, os.path.join(_BENCHMARKS, "train_throughput.py"), "--preset", "tiny",
         "--override", "num_latent_scales=1", "--override", "num_flows=0", "--xla", "off",
+        "--override", "image_shape=[8,8,3]", "--override", "num_preprocess_cells=1",
+        "--override", "num_postprocess_cells=1",
         "--tf_optimizer", "disable_meta_optimizer=true",
         "--find_max_batch", "--output_json", str(out), *flags,
     ]
@@ -148,9 +150,12 @@ def test_recomputed_groups_keep_less_for_the_backward_pass_than_recomputed_cells
     from conftest import lean_tiny
 
     breakdown = _load("memory_breakdown")
-    spec = tf.TensorSpec((4, 16, 16, 3), tf.uint8)
+    spec = tf.TensorSpec((2, 8, 8, 3), tf.uint8)
+    small = dict(image_shape=(8, 8, 3), num_preprocess_cells=1, num_postprocess_cells=1)
     kept = {
-        policy: breakdown.trace_kept_activations(lean_tiny(num_flows=1, remat=policy), spec)
+        policy: breakdown.trace_kept_activations(
+            lean_tiny(num_flows=1, remat=policy, **small), spec
+        )
         for policy in ("none", "cell", "group")
     }
     total = {policy: sum(k.values()) for policy, k in kept.items()}
