@@ -58,6 +58,7 @@ _SUBMODULES = (
     "network",
     "noise",
     "official",
+    "preset_directory",
     "presets",
     "towers",
     "training",

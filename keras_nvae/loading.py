@@ -16,7 +16,14 @@ import tensorflow as tf
 
 from keras_nvae.model import NVAE
 
-SAVED_MODEL_ENDPOINTS = ("sample", "reconstruct", "encode", "log_likelihood")
+SAVED_MODEL_ENDPOINTS = (
+    "sample",
+    "sample_seeded",
+    "reconstruct",
+    "reconstruct_seeded",
+    "encode",
+    "log_likelihood",
+)
 
 
 class ModelFileError(ValueError):

@@ -56,16 +56,64 @@ class NVAE(NVAETrainer, NVAENetwork):
 
     @classmethod
     def from_preset(cls, preset, **overrides):
-        """Build an NVAE from a built-in preset name, with config overrides.
+        """Build an NVAE from a built-in preset or a preset directory.
 
         Args:
-            preset: one of `NVAE.presets`.
-            **overrides: `NVAEConfig` fields to change.
+            preset: one of `NVAE.presets` (an untrained model), or the path
+                of a directory written by `save_to_preset` (the model with its
+                weights; reading it runs no code from it).
+            **overrides: `NVAEConfig` fields to change. For a directory only
+                fields that keep the shapes of every weight (e.g. `remat`,
+                `official_dmol`, `num_x_bits`, the training settings).
 
         Returns:
-            An untrained `NVAE`.
+            An `NVAE`.
+
+        Raises:
+            ValueError: an unknown preset name or an invalid override; for a
+                directory, an override that changes weight shapes (naming
+                the field).
+            FileNotFoundError: no directory at the path.
+            keras_nvae.loading.ModelFileError: a missing, truncated or
+                foreign file in the directory.
+
+        Example:
+        ```python
+        model = keras_nvae.NVAE.from_preset("cifar10")
+        model.save_to_preset("nvae_cifar10")
+        model = keras_nvae.NVAE.from_preset("nvae_cifar10", remat=True)
+        ```
         """
+        from keras_nvae import preset_directory
+
+        if preset not in presets_lib.PRESETS and preset_directory.is_preset_directory(preset):
+            return preset_directory.load_preset(cls, preset, **overrides)
         return cls(presets_lib.preset_config(preset, **overrides))
+
+    def save_to_preset(
+        self, preset_dir, description=None, source=None, include_training_state=False
+    ):
+        """Save the model as a preset directory that `NVAE.from_preset` loads.
+
+        Writes `config.json`, `model.weights.h5` and `metadata.json` (and,
+        when asked, the training state); see `keras_nvae.preset_directory`.
+
+        Args:
+            preset_dir: the directory.
+            description: one line for `metadata.json`.
+            source: where the weights come from, for `metadata.json`.
+            include_training_state: also save the optimizer's state, step
+                counters and noise seed state
+                (`keras_nvae.preset_directory.load_training_state`).
+
+        Returns:
+            `preset_dir`.
+        """
+        from keras_nvae import preset_directory
+
+        return preset_directory.save_preset(
+            self, preset_dir, description, source, include_training_state
+        )
 
     def get_config(self):
         config = super().get_config()
@@ -123,9 +171,9 @@ class NVAE(NVAETrainer, NVAENetwork):
         super().load_own_variables(store)
 
     def export(self, filepath, format="tf_saved_model", verbose=True, **kwargs):
-        """Export a SavedModel with `sample` (serving default), `reconstruct`,
-        `encode` and `log_likelihood` endpoints; see
-        `keras_nvae.export.export_saved_model` for the signatures."""
+        """Export a SavedModel with `sample` (serving default), `sample_seeded`,
+        `reconstruct`, `reconstruct_seeded`, `encode` and `log_likelihood`
+        endpoints; see `keras_nvae.export` for the signatures."""
         from keras_nvae.inference import export as export_lib
 
         if format != "tf_saved_model":

@@ -9,6 +9,7 @@ from keras_nvae import towers
 from keras_nvae.config import NVAEConfig
 from keras_nvae.inference.api import NVAEInference
 from keras_nvae.layers.conv import Conv2D
+from keras_nvae.layers.initializers import HostUniform
 
 
 class NVAENetwork(NVAEInference, keras.Model):
@@ -61,17 +62,29 @@ class NVAENetwork(NVAEInference, keras.Model):
         self.prior_ftr0 = self.add_weight(
             name="prior_ftr0",
             shape=(top[0], top[1], c.num_channels_dec * towers.decoder_mult(c, 0)),
-            initializer=keras.initializers.RandomUniform(0.0, 1.0),
+            initializer=HostUniform(0.0, 1.0),
         )
+        self._build_bottom_up()
         self._build_groups()
-        x = tf.zeros((1, c.model_image_size, c.model_image_size, c.num_channels))
-        noise = [tf.zeros((1,) + tuple(s)) for s in c.latent_shapes]
-        self._forward(x, training=False, noise=noise)
+        self._build_top_down()
         self.built = True
+
+    def _build_bottom_up(self):
+        """Builds the stem and the encoder's cells from the image shape."""
+        size = self.config.model_image_size
+        shape = (None, size, size, self.config.num_channels)
+        self.stem.build(shape)
+        shape = _build_chain(self.pre_process, self.stem.compute_output_shape(shape))
+        _build_chain(self.encoder_down_cells, shape)
 
     def _build_groups(self):
         for (height, width, _), group in zip(self.config.latent_shapes, self.groups):
             group.build((None, height, width, group.decoder_filters))
+
+    def _build_top_down(self):
+        """Builds the decoder's cells from the shape of `prior_ftr0`."""
+        shape = _build_chain(self.decoder_up_cells, (None,) + tuple(self.prior_ftr0.shape))
+        self.image_conditional.build(_build_chain(self.post_process, shape))
 
     def groups_by_scale(self):
         """The latent groups in one list per scale, top scale first."""
@@ -207,6 +220,15 @@ class NVAENetwork(NVAEInference, keras.Model):
             "recon_nll": spec((batch,), "float32"),
             "latents": [spec((batch,) + tuple(s), "float32") for s in self.latent_shapes],
         }
+
+
+def _build_chain(cells, shape):
+    """Builds `cells`, each on the output shape of the one before; returns
+    the last output shape."""
+    for cell in cells:
+        cell.build(shape)
+        shape = tuple(cell.compute_output_shape(shape))
+    return shape
 
 
 def _as_config(config):

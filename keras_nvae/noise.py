@@ -39,8 +39,10 @@ def generator_seed(generator):
 
 
 def base_seed(seed):
-    """The stateless base seed of the int `seed`: a shape-(2,) int32 tensor."""
-    return tf.constant([seed, 0], tf.int32)
+    """The stateless base seed of `seed`, an int or a scalar int32 tensor: a shape-(2,)
+    int32 tensor."""
+    seed = tf.convert_to_tensor(seed, tf.int32)
+    return tf.stack([seed, tf.zeros_like(seed)])
 
 
 class CallSeeds:

@@ -208,7 +208,8 @@ def preset_config(name, **overrides):
     """
     if name not in PRESETS:
         raise ValueError(
-            f"Unknown NVAE preset {name!r}. Known presets: {', '.join(preset_names())}."
+            f"Unknown NVAE preset {name!r}. Known presets: {', '.join(preset_names())}; "
+            "or pass the path of a preset directory written by NVAE.save_to_preset."
         )
     preset = PRESETS[name]
     dataset = preset["dataset"]

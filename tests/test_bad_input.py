@@ -402,8 +402,8 @@ SAVED_MODEL_CASES = {
     ),
     "not_an_nvae_export": (
         None,
-        r"has no reconstruct, encode, log_likelihood endpoint\(s\): it was not written by "
-        r"NVAE.export",
+        r"has no sample_seeded, reconstruct, reconstruct_seeded, encode, log_likelihood "
+        r"endpoint\(s\): it was not written by NVAE.export",
     ),
 }
 
@@ -486,10 +486,55 @@ def test_missing_tfds_data_offline(tmp_path):
         data.load_tfds("mnist", "train", batch_size=8, data_dir=str(tmp_path))
 
 
-def test_unreadable_image_in_folder_names_the_file(tmp_path):
-    good = tf.io.encode_png(tiny_images(1)[0]).numpy()
+def _image_bytes(kind):
+    encode = tf.io.encode_png if kind == "png" else tf.io.encode_jpeg
+    return encode(tiny_images(1)[0]).numpy()
+
+
+def _corrupt_inside_jpeg():
+    """A JPEG with its signature and end marker intact and garbage in between."""
+    image = np.random.RandomState(0).randint(0, 256, (64, 64, 3)).astype(np.uint8)
+    jpeg = tf.io.encode_jpeg(image).numpy()
+    third = len(jpeg) // 3
+    garbage = np.random.RandomState(1).randint(0, 256, third).astype(np.uint8).tobytes()
+    return jpeg[:third] + garbage + jpeg[2 * third :]
+
+
+def test_bad_image_files_are_named_when_the_folder_dataset_is_created(tmp_path):
+    (tmp_path / "a.png").write_bytes(_image_bytes("png"))
+    (tmp_path / "b.jpg").write_bytes(_image_bytes("jpeg")[:200])
+    (tmp_path / "c.png").write_bytes(_image_bytes("png")[:60])
+    (tmp_path / "d.jpeg").write_bytes(b"<html>not found</html>")
+    (tmp_path / "e.png").write_bytes(b"")
+    with pytest.raises(data.BadImageFileError) as error:
+        data.make_dataset(str(tmp_path), image_size=16, batch_size=3, shuffle=False)
+    message = str(error.value)
+    assert message.startswith("4 of 5 image files cannot be used: ")
+    for name, problem in [
+        ("b.jpg", "truncated JPEG: no end-of-image marker"),
+        ("c.png", "truncated PNG: no IEND chunk at its end"),
+        ("d.jpeg", "not a PNG or JPEG: it starts with b'<htm'"),
+        ("e.png", "empty file"),
+    ]:
+        assert f"{tmp_path / name} ({problem})" in message
+    assert "skip_bad_images=True" in message
+    assert [path for path, _ in error.value.problems] == [
+        str(tmp_path / name) for name in ("b.jpg", "c.png", "d.jpeg", "e.png")
+    ]
+    with pytest.warns(UserWarning, match=r"Skipping 4 of 5 image files under .*b\.jpg"):
+        dataset = data.make_dataset(
+            str(tmp_path), image_size=16, batch_size=3, shuffle=False, skip_bad_images=True
+        )
+    np.testing.assert_array_equal(np.concatenate(list(dataset)), tiny_images(1))
+    (tmp_path / "a.png").write_bytes(b"GIF89a")
+    with pytest.raises(data.BadImageFileError, match=r"5 of 5 image files"):
+        data.load_image_folder(str(tmp_path), 16, skip_bad_images=True)
+
+
+def test_image_corrupt_inside_names_the_file_at_its_batch_or_is_skipped(tmp_path):
+    good = _image_bytes("png")
     (tmp_path / "a.png").write_bytes(good)
-    (tmp_path / "b.jpg").write_bytes(tf.io.encode_jpeg(tiny_images(1)[0]).numpy()[:40])
+    (tmp_path / "b.jpg").write_bytes(_corrupt_inside_jpeg())
     (tmp_path / "c.png").write_bytes(good)
     dataset = data.load_image_folder(str(tmp_path), image_size=16, batch_size=3, shuffle=False)
     assert int(dataset.cardinality()) == 1  # The size stays known (fit's schedules use it).
@@ -499,6 +544,23 @@ def test_unreadable_image_in_folder_names_the_file(tmp_path):
         r"PNG or JPEG\)\. Remove or replace it\.",
     ):
         list(dataset)
+    skipping = data.load_image_folder(str(tmp_path), 16, batch_size=3, skip_bad_images=True)
+    np.testing.assert_array_equal(np.concatenate(list(skipping)), np.stack([tiny_images(1)[0]] * 2))
     (tmp_path / "b.jpg").write_bytes(good)
     images = next(iter(data.load_image_folder(str(tmp_path), 16, batch_size=3, shuffle=False)))
     np.testing.assert_array_equal(images, np.stack([tiny_images(1)[0]] * 3))
+
+
+def test_npz_with_wrong_dtype_names_the_file_the_array_and_the_dtype(tmp_path):
+    path = tmp_path / "faces.npz"
+    np.savez(path, train=tiny_images(2).astype(np.int64), test=tiny_images(2))
+    with pytest.raises(
+        ValueError,
+        match=r"The array 'train' in '.*faces\.npz' \(dtype int64, shape \(2, 16, 16, 3\)\) "
+        r"cannot be used as images: Images must be uint8 in \[0, 255\] or floating-point in "
+        r"\[0, 1\]; got dtype int64\. .*astype\(np\.uint8\)",
+    ):
+        data.make_dataset(str(path), "train", batch_size=2)
+    np.savez(path, train=np.zeros((2, 3, 16, 16), np.uint8))
+    with pytest.raises(ValueError, match=r"The array 'train' in '.*faces\.npz'.*channels-first"):
+        data.make_dataset(str(path), "train", batch_size=2)

@@ -1,73 +1,154 @@
-"""SavedModel export: endpoints, shapes and agreement with the Keras model."""
+"""SavedModel export: every endpoint's values served where keras_nvae is not importable, its
+strict signatures and the errors of wrong inputs."""
+
+import json
+import re
+import os
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from conftest import REORDERED_RTOL
+from conftest import lean_tiny
 from conftest import noise_seed_state
 from conftest import tiny_images
-from keras_nvae import NVAE
-from keras_nvae import loading
+
+SERVE_SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "serve_saved_model.py")
+# The serving script's inputs (tests/scripts/serve_saved_model.py).
+SEED, NUM_SAMPLES, TEMPERATURE, LIKELIHOOD_SAMPLES = 5, 3, 0.7, 2
 
 
-def _seeded(owner, state, fn):
-    """`fn()` after setting the noise seed of `owner` (an NVAE or its SavedModel) to `state`."""
-    noise_seed_state(owner).assign(state)
-    return fn()
-
-
-def _assert_same_images(served, keras_images):
-    # Images in [0, 1]: the relative budget of a reordered float32 computation, as absolute.
-    np.testing.assert_allclose(served, keras_images, rtol=0, atol=REORDERED_RTOL)
-
-
-def test_saved_model_endpoints(tmp_path):
-    # `tiny` with one latent scale (two groups, with a flow): every endpoint traces the network.
-    model = NVAE.from_preset("tiny", num_latent_scales=1)
-    path = str(tmp_path / "saved")
-    model.export(path, verbose=False, log_likelihood_samples=2)
-    served = loading.load_saved_model(path)
-    assert {"sample", "reconstruct", "encode", "log_likelihood", "serving_default"} <= set(
-        served.signatures
-    )
-    # Every endpoint computes what the Keras model computes from the same noise seed.
-    start = noise_seed_state(model).numpy()
-    samples = _seeded(
-        served,
-        start,
-        lambda: served.signatures["serving_default"](
-            num_samples=tf.constant(3), temperature=tf.constant(0.7)
-        )["images"].numpy(),
-    )
-    assert samples.shape == (3, 16, 16, 3)
-    assert samples.min() >= 0.0 and samples.max() <= 1.0
-    _assert_same_images(samples, _seeded(model, start, lambda: model.sample(3, temperature=0.7)))
-
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A lean tiny NVAE, its SavedModel, and what the SavedModel served in a process without
+    keras_nvae, from the same images and noise seed state."""
+    model = lean_tiny()
+    directory = tmp_path_factory.mktemp("export")
+    path = str(directory / "saved")
+    model.export(path, verbose=False)
     x = tiny_images(2)
-    latents = _seeded(served, start, lambda: served.encode(tf.constant(x)))
-    assert sorted(latents) == ["z_00", "z_01"]
-    assert [tuple(latents[k].shape[1:]) for k in sorted(latents)] == model.latent_shapes
-    keras_latents = _seeded(model, start, lambda: model.encode(x))
-    for key, keras_z in zip(sorted(latents), keras_latents):
-        np.testing.assert_allclose(
-            latents[key], keras_z, rtol=REORDERED_RTOL, atol=REORDERED_RTOL, err_msg=key
-        )
+    start = noise_seed_state(model).numpy()
+    np.savez(directory / "inputs.npz", images=x, seed_state=start)
+    subprocess.run(
+        [sys.executable, SERVE_SCRIPT, path, str(directory / "inputs.npz"), str(directory / "o.npz")],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    with np.load(directory / "o.npz") as data:
+        served = {key: data[key] for key in data.files}
+    report = json.loads(str(served.pop("report")))
+    return model, x, start, served, report
 
-    images = _seeded(served, start, lambda: served.reconstruct(tf.constant(x))["images"].numpy())
-    _assert_same_images(images, _seeded(model, start, lambda: model.reconstruct(x)))
-    # The exported reconstruction is the Keras one: from the same seed `encode` draws the same
-    # posterior sample, so decoding the exported latents with the Keras model gives its images.
-    keras_decoded = model.decode([latents[k] for k in sorted(latents)]).numpy()
-    assert keras_decoded.shape == (2, 16, 16, 3)
-    _assert_same_images(images, keras_decoded)
 
-    likelihood = _seeded(served, start, lambda: served.log_likelihood(tf.constant(x)))
-    bpd = likelihood["bits_per_dim"].numpy()
-    assert bpd.shape == (2,) and np.all(np.isfinite(bpd)) and np.all(bpd > 0)
-    nats = likelihood["nats"].numpy()
-    keras_nats = _seeded(model, start, lambda: model.log_likelihood(x, num_samples=2))
-    np.testing.assert_allclose(nats, keras_nats, rtol=REORDERED_RTOL)
-    np.testing.assert_allclose(bpd, -nats / (16 * 16 * 3 * np.log(2.0)), rtol=1e-6)
+def _keras_outputs(model, x, start):
+    """{endpoint: {output: value}} the Keras model computes for the serving script's calls."""
+
+    def seeded(fn):
+        noise_seed_state(model).assign(start)
+        return fn()
+
+    nats = seeded(lambda: model.log_likelihood(x, num_samples=LIKELIHOOD_SAMPLES)).numpy()
+    latents = seeded(lambda: model.encode(x))
+    return {
+        "sample": {"images": seeded(lambda: model.sample(NUM_SAMPLES, temperature=TEMPERATURE))},
+        "sample_seeded": {"images": model.sample(NUM_SAMPLES, TEMPERATURE, seed=SEED)},
+        "reconstruct": {"images": seeded(lambda: model.reconstruct(x))},
+        "reconstruct_seeded": {"images": model.reconstruct(x, seed=SEED)},
+        "encode": {f"z_{i:02d}": z for i, z in enumerate(latents)},
+        "log_likelihood": {"nats": nats, "bits_per_dim": -nats / (16 * 16 * 3 * np.log(2.0))},
+    }
+
+
+@pytest.fixture(scope="module")
+def keras_outputs(exported):
+    model, x, start, _, _ = exported
+    return _keras_outputs(model, x, start)
+
+
+def _assert_same(served, expected, output):
+    if output == "images":
+        # Images in [0, 1]: the relative budget of a reordered float32 computation, as absolute.
+        np.testing.assert_allclose(served, expected, rtol=0, atol=REORDERED_RTOL)
+    else:
+        np.testing.assert_allclose(served, expected, rtol=REORDERED_RTOL, atol=REORDERED_RTOL)
+
+
+ENDPOINTS = (
+    "sample",
+    "sample_seeded",
+    "reconstruct",
+    "reconstruct_seeded",
+    "encode",
+    "log_likelihood",
+)
+
+
+@pytest.mark.parametrize("how", ["function", "signature"])
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+def test_endpoint_serves_the_keras_values(exported, keras_outputs, endpoint, how):
+    # Served with plain tf.saved_model.load, as the restored function and as the signature TF
+    # Serving calls. The seeded endpoints match without the seed state being set.
+    served = exported[3]
+    expected = keras_outputs[endpoint]
+    keys = sorted(key.split("/")[2] for key in served if key.startswith(f"{how}/{endpoint}/"))
+    assert keys == sorted(expected)
+    for output, value in expected.items():
+        _assert_same(served[f"{how}/{endpoint}/{output}"], value, output)
+
+
+@pytest.mark.parametrize("endpoint", ["reconstruct", "encode"])
+def test_single_input_endpoints_through_tfsm_layer(exported, keras_outputs, endpoint):
+    served = exported[3]
+    for output, value in keras_outputs[endpoint].items():
+        _assert_same(served[f"tfsm_layer/{endpoint}/{output}"], value, output)
+
+
+def test_serving_process_has_no_keras_nvae(exported):
+    assert exported[4]["keras_nvae_modules"] == []
+
+
+def test_signatures_are_strict(exported):
+    images = ["uint8", [None, 16, 16, 3]]
+    count, temperature, seed = ["int32", []], ["float32", []], ["int32", []]
+    sample = {"num_samples": count, "temperature": temperature}
+    assert exported[4]["signatures"] == {
+        "serving_default": sample,
+        "sample": sample,
+        "sample_seeded": {**sample, "seed": seed},
+        "reconstruct": {"images": images},
+        "reconstruct_seeded": {"images": images, "seed": seed},
+        "encode": {"images": images},
+        "log_likelihood": {"images": images, "num_samples": count},
+    }
+
+
+WRONG_INPUTS = {
+    "function/float_images": r"^TypeError: Binding inputs to tf.function failed due to `Can not "
+    r"cast TensorSpec\(shape=\(2, 16, 16, 3\), dtype=tf.float32, name='images'\) to "
+    r"TensorSpec\(shape=\(None, 16, 16, 3\), dtype=tf.uint8",
+    "function/other_shape": r"^TypeError: .*Can not cast TensorSpec\(shape=\(2, 14, 16, 3\), "
+    r"dtype=tf.uint8, name='images'\) to TensorSpec\(shape=\(None, 16, 16, 3\)",
+    "signature/float_images": r"^InvalidArgumentError: .*was expected to be a uint8 tensor but "
+    r"is a float tensor",
+    "signature/other_shape": r"^InvalidArgumentError: .*images must be uint8 of shape \(batch, "
+    r"16, 16, 3\), got\] \[2 14 16 3\]",
+    "signature/float_count": r"^InvalidArgumentError: .*was expected to be a int32 tensor but is "
+    r"a float tensor",
+    "signature/no_samples": r"^InvalidArgumentError: .*num_samples must be >= 1, got\] \[0\]",
+    "signature/zero_temperature": r"^InvalidArgumentError: .*temperature must be > 0, got\] \[0\]",
+    "signature/negative_seed": r"^InvalidArgumentError: .*seed must be >= 0, got\] \[-1\]",
+    "signature/no_likelihood_samples": r"^InvalidArgumentError: .*num_samples must be >= 1",
+}
+
+
+@pytest.mark.parametrize("case", sorted(WRONG_INPUTS))
+def test_wrong_inputs_get_the_documented_error(exported, case):
+    error = exported[4]["errors"][case]
+    assert re.search(WRONG_INPUTS[case], error, flags=re.DOTALL), error
 
 
 def test_log_likelihood_is_at_least_the_elbo_on_average(tiny):

@@ -343,3 +343,23 @@ def test_batched_spectral_matrices_equal_per_layer_ones():
         np.testing.assert_allclose(conv.spectral_matrix().numpy(), a.numpy(), rtol=1e-6, atol=1e-7)
     for a, b in zip(tape.gradient(loss_batched, variables), tape.gradient(loss_single, variables)):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_host_uniform_initialisers_moments_and_seeds():
+    from keras_nvae.layers import FanInUniform, HostUniform
+
+    # U(-a, a) has mean 0 and variance a**2 / 3; 288,000 draws give a standard error of
+    # a / sqrt(3 * 288000) ~ 1.1e-3 a on the mean.
+    shape = (3, 3, 100, 320)
+    values = FanInUniform(seed=1)(shape)
+    a = 1.0 / np.sqrt(900)
+    assert values.dtype == np.float32 and values.shape == shape
+    assert np.abs(values).max() <= a
+    assert abs(values.mean()) < 5e-3 * a
+    np.testing.assert_allclose(values.var(), a**2 / 3, rtol=1e-2)
+    np.testing.assert_array_equal(values, FanInUniform(seed=1)(shape))
+    uniform = HostUniform(2.0, 3.0)
+    x, y = uniform((1000,)), uniform((1000,), dtype="float64")
+    assert y.dtype == np.float64 and x.min() >= 2.0 and x.max() < 3.0
+    assert not np.array_equal(x, y.astype(np.float32))
+    assert HostUniform.from_config(uniform.get_config()).get_config() == uniform.get_config()

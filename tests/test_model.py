@@ -1,5 +1,7 @@
 """The NVAE model: forward pass, objective, training, sampling, saving, input errors."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -308,3 +310,60 @@ def test_compile_resolves_the_schedules_once():
     schedule = explicit.optimizer._learning_rate
     assert (schedule.total_steps, schedule.steps_per_epoch) == (50, 5)
     assert int(explicit.total_steps.numpy()) == 50
+
+
+class _ForwardBuiltNVAE(NVAE):
+    """NVAE whose cells outside the latent groups are built by a forward pass,
+    the way every Keras layer builds itself on its first call."""
+
+    def _build_bottom_up(self):
+        pass
+
+    def _build_top_down(self):
+        c = self.config
+        x = tf.zeros((1, c.model_image_size, c.model_image_size, c.num_channels))
+        noise = [tf.zeros((1,) + tuple(shape)) for shape in c.latent_shapes]
+        self._forward(x, training=False, noise=noise)
+
+
+def _variable_specs(model):
+    # The ops of a residual cell are named by Keras, numbered per process.
+    def path(variable):
+        return re.sub(r"(bn_swish_conv|inverted_residual)_\d+/", r"\1/", variable.path)
+
+    return [(path(v), tuple(v.shape), v.dtype, v.trainable) for v in model.variables]
+
+
+def test_model_built_from_shapes_equals_the_forward_built_one(tiny):
+    # `tiny` has every cell type (pre-process, down and up cells, post-process, flows).
+    reference = _ForwardBuiltNVAE(tiny.config, name=tiny.name)
+    assert _variable_specs(tiny) == _variable_specs(reference)
+    assert tiny.count_params() == reference.count_params() > 0
+    for conv in tiny._conv_layers:
+        assert tuple(conv.spectral_matrix().shape) == conv.spectral_matrix_shape
+    reference.set_weights(tiny.get_weights())
+    x, noise = tiny_images(2), fixed_noise(tiny, 2)
+    expected = tiny(x, training=False, noise=noise)
+    got = reference(x, training=False, noise=noise)
+    for key in ("logits", "log_q", "log_p", "kl", "recon_nll"):
+        np.testing.assert_array_equal(got[key].numpy(), expected[key].numpy())
+
+
+def test_initial_weights_follow_the_torch_initialisation(tiny):
+    for conv in tiny._conv_layers:
+        limit = 1.0 / np.sqrt(np.prod(conv.kernel.shape[:-1]))
+        kernel = conv.kernel.numpy()
+        assert np.abs(kernel).max() <= limit and np.abs(kernel).max() > 0.5 * limit
+        if conv.use_bias:
+            assert np.abs(conv.bias.numpy()).max() <= limit
+    prior = tiny.prior_ftr0.numpy()
+    assert prior.min() >= 0.0 and prior.max() < 1.0
+    # A seeded build is reproducible; an unseeded one differs.
+    keras.utils.set_random_seed(5)
+    first = lean_tiny().get_weights()
+    keras.utils.set_random_seed(5)
+    second = lean_tiny().get_weights()
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+    third = lean_tiny().get_weights()
+    assert not any(np.array_equal(a, b) for a, b in zip(first, third) if a.size > 100)

@@ -17,6 +17,7 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from keras import ops
 
 from keras_nvae import NVAE
@@ -59,7 +60,61 @@ def test_trajectory_fixture_within_tolerance(capsys, name):
     assert set(final["errors"]) | set(final["not_compared"]) == final_names
     assert not set(final["errors"]) & set(final["not_compared"])
     assert len(final["not_compared"]) < len(final_names) / 4
+    worst = list(final["errors"].items())[:5]
+    assert [tuple(pair) for pair in final["worst_tensors"]] == worst
     assert status == 0
+
+
+# ------------------------------------------------------------ deep configuration
+# `nvae_traj_deep_tiny.npz` (3 scales, ada groups [3, 1, 1], two flow pairs per group, 5-bit DMoL,
+# lambda annealed from 2.0) holds one kernel whose two largest singular values are 0.4 % apart
+# (sigma2 / sigma1 = 0.9959): the raw 1x1 convolution of the up-sampling cell dec_tower.4. With
+# lambda 1.53 its spectral gradient u v^T dominates its first Adamax steps, and 4 power iterations
+# per step cannot re-converge u, v after each step, so the 5-step result depends on where the
+# official power iteration started. The fixture does not record that start: "1000 iterations"
+# leave a tilt towards the second singular pair of 0.99591^2000 = 2.7e-4 times the random start's
+# ratio, and a tilt of 1e-2 moves the final kernel by 1.5e-2 of its largest magnitude. From a
+# converged start (this library, any seed) the replay ends 1.5e-2 away there (BUILD_NOTES,
+# "Training parity"); a start tilted by 0.84 % brings all 682 tensors within 7.7e-5 and all
+# step terms within 6.4e-7. That one scalar is fitted; the agreement of everything else on it is
+# what this test checks.
+DEEP_KERNEL = "dec_tower.4._ops.0.conv.4"
+DEEP_TILT = 0.0084
+
+
+def _tilt_power_iteration(name, tilt):
+    """A `check_trajectory(prepare=...)` tilting one kernel's u, v towards its 2nd singular pair."""
+
+    def prepare(model):
+        index = parity_lib.spectral_names(model).index(name)
+        regularizer = model.spectral_regularizer
+        group, row = next(
+            (g, members.index(index))
+            for g, members in enumerate(regularizer._group_indices)
+            if index in members
+        )
+        matrix = np.asarray(model._conv_layers[index].spectral_matrix(), np.float64)
+        left, _, right = np.linalg.svd(matrix)
+        for variable, vectors in ((regularizer._u[group], left.T), (regularizer._v[group], right)):
+            values = np.asarray(variable).copy()
+            sign = np.sign(values[row] @ vectors[0])
+            tilted = sign * (vectors[0] + tilt * vectors[1])
+            values[row] = tilted / np.linalg.norm(tilted)
+            variable.assign(values)
+
+    return prepare
+
+
+def test_deep_trajectory_from_the_official_power_iteration_start():
+    report = parity_lib.check_trajectory(
+        fixture_path("nvae_traj_deep_tiny.npz"),
+        prepare=_tilt_power_iteration(DEEP_KERNEL, DEEP_TILT),
+    )
+    assert report["max_step_error"] <= 1e-5, report["steps"]
+    final = report["final_state"]
+    assert final["max_error"] <= 1e-3, final["worst_tensors"]
+    assert len(final["errors"]) == 682
+    assert report["passed"]
 
 
 def test_forward_fixture_through_the_command(capsys):
@@ -98,10 +153,19 @@ def test_broken_replay_fails(capsys, monkeypatch, break_it):
         )
     else:
         monkeypatch.setattr(objectives, "balance_kl", _balance_kl_with_gradient)
-    status, report, _ = run_parity(capsys, fixture_path("nvae_traj_mnist_tiny.npz"))
+    status, report, err = run_parity(capsys, fixture_path("nvae_traj_mnist_tiny.npz"))
     assert not report["passed"]
     assert report["final_state"]["max_error"] > 1e-3
     assert status == 1
+    # The summary on stderr: the verdict and the five worst tensors, largest first.
+    assert "trajectory parity FAILED" in err
+    worst = report["final_state"]["worst_tensors"]
+    assert len(worst) == 5
+    assert [error for _, error in worst] == sorted((error for _, error in worst), reverse=True)
+    lines = err.splitlines()
+    rows = [next(i for i, line in enumerate(lines) if line.endswith(name)) for name, _ in worst]
+    assert rows == sorted(rows)
+    assert f"{worst[0][1]:.2e}" in err
 
 
 # ------------------------------------------------------------------ usage errors
@@ -235,3 +299,31 @@ def test_fixture_kind_is_detected_from_keys():
     assert parity_lib.Fixture(fixture_path("nvae_ref_mnist_tiny.npz")).kind == "forward"
     with pytest.raises(parity_lib.FixtureError, match="not a trajectory"):
         parity_lib.check_trajectory(fixture_path("nvae_ref_mnist_tiny.npz"))
+
+
+def test_raw_kernel_spectral_gradient_is_lambda_u_v(tiny):
+    # The regulariser's gradient on a kernel without weight normalisation (the MBConv 1x1 and
+    # depthwise convolutions) is lambda * u v^T of the vectors after this call's iterations,
+    # laid out back as (kh, kw, C_in / groups, C_out) with columns ordered (kh, kw, C_in).
+    raw = [conv for conv in tiny._conv_layers if not conv.weight_norm]
+    assert {conv.groups > 1 for conv in raw} == {False, True}
+    state = [tf.convert_to_tensor(v) for v in tiny.spectral_regularizer.variables]
+    with tf.GradientTape() as tape:
+        spectral, _ = tiny.regularization_terms(training=True)
+        loss = 0.7 * spectral
+    gradients = tape.gradient(loss, [conv.kernel for conv in raw])
+    regularizer = tiny.spectral_regularizer
+    for conv, gradient in zip(raw, gradients):
+        index = tiny._conv_layers.index(conv)
+        group, row = next(
+            (g, members.index(index))
+            for g, members in enumerate(regularizer._group_indices)
+            if index in members
+        )
+        u = regularizer._u[group].numpy()[row]
+        v = regularizer._v[group].numpy()[row]
+        k, _, c_in, c_out = conv.kernel.shape
+        expected = 0.7 * np.outer(u, v).reshape(c_out, k, k, c_in).transpose(1, 2, 3, 0)
+        np.testing.assert_allclose(gradient.numpy(), expected, atol=1e-6)
+    for variable, value in zip(tiny.spectral_regularizer.variables, state):
+        variable.assign(value)

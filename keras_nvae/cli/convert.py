@@ -2,13 +2,13 @@ r"""Convert an official NVAE checkpoint (NVlabs/NVAE) to a Keras model.
 
 Reads the official `checkpoint.pt` (needs torch: `pip install 'keras_nvae[convert]'`) or a `.npz`
 export of it (flags as JSON under `args_json`, tensors under `param/<name>`), builds the matching
-`keras_nvae.NVAE`, loads every tensor and saves a `.keras` file (and, optionally, a TensorFlow
-SavedModel).
+`keras_nvae.NVAE`, loads every tensor and saves a `.keras` file, a preset directory that
+`NVAE.from_preset(DIR)` loads, or both (and, optionally, a TensorFlow SavedModel).
 
 Usage (`nvae-convert` is the installed command; `python -m trainers.convert` runs the same):
 ```
 nvae-convert --checkpoint=eval-cifar10/checkpoint.pt --output=nvae_cifar10.keras \
-    [--saved_model=nvae_cifar10_savedmodel] [--official_dmol]
+    [--preset_dir=nvae_cifar10] [--saved_model=nvae_cifar10_savedmodel] [--official_dmol]
 ```
 
 `--official_dmol` keeps the official 8-bit DMoL quirks (right edge at 0.99, which leaves the
@@ -38,6 +38,13 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("output", None, "Where to write the Keras model (.keras).", flag_values=FLAGS)
 flags.DEFINE_string(
+    "preset_dir",
+    None,
+    "Where to write the model as a preset directory (config.json, model.weights.h5, "
+    "metadata.json) that NVAE.from_preset loads.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_string(
     "saved_model", None, "Optional directory for a TensorFlow SavedModel export.", flag_values=FLAGS
 )
 flags.DEFINE_bool(
@@ -54,14 +61,19 @@ def export_saved_model(model, directory):
     model.export(directory, verbose=False)
 
 
-def convert_checkpoint(checkpoint, output, saved_model=None, official_dmol=False):
-    """Load an official checkpoint and save it as `.keras` (and optionally a SavedModel).
+def convert_checkpoint(
+    checkpoint, output=None, saved_model=None, official_dmol=False, preset_dir=None
+):
+    """Load an official checkpoint and save it as `.keras` and/or a preset directory (and
+    optionally a SavedModel).
 
     Args:
         checkpoint: path of the official `.pt` or a `.npz` export.
-        output: path of the `.keras` file to write.
+        output: optional path of the `.keras` file to write.
         saved_model: optional SavedModel directory.
         official_dmol: build the model with `official_dmol=True`.
+        preset_dir: optional preset directory to write (`NVAE.save_to_preset`); its
+            metadata names the checkpoint as the source.
 
     Returns:
         The loaded `keras_nvae.NVAE`.
@@ -72,13 +84,20 @@ def convert_checkpoint(checkpoint, output, saved_model=None, official_dmol=False
     """
     from keras_nvae.official import convert
 
-    if not output.endswith(".keras"):
+    if output and not output.endswith(".keras"):
         raise ValueError(f"--output must end in .keras, got {output!r}.")
     overrides = {"official_dmol": True} if official_dmol else {}
     model = convert.load_official_checkpoint(checkpoint, **overrides)
-    directory = os.path.dirname(os.path.abspath(output))
-    os.makedirs(directory, exist_ok=True)
-    model.save(output)
+    if output:
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        model.save(output)
+    if preset_dir:
+        name = os.path.basename(checkpoint)
+        model.save_to_preset(
+            preset_dir,
+            description=f"The official NVAE checkpoint {name}, converted by nvae-convert.",
+            source=f"converted from the official checkpoint {os.path.abspath(checkpoint)}",
+        )
     if saved_model:
         export_saved_model(model, saved_model)
     return model
@@ -88,21 +107,25 @@ def convert():
     """Convert as the flags say; raises `CommandLineError` for user errors."""
     from keras_nvae.official import convert as convert_lib
 
-    for name in ("checkpoint", "output"):
-        if not FLAGS[name].value:
-            raise CommandLineError(f"--{name} is required.")
+    if not FLAGS.checkpoint:
+        raise CommandLineError("--checkpoint is required.")
+    if not (FLAGS.output or FLAGS.preset_dir):
+        raise CommandLineError("--output or --preset_dir is required.")
     try:
         convert_checkpoint(
             FLAGS.checkpoint,
             FLAGS.output,
             saved_model=FLAGS.saved_model,
             official_dmol=FLAGS.official_dmol,
+            preset_dir=FLAGS.preset_dir,
         )
     except (OSError, ImportError, convert_lib.CheckpointError, ValueError) as error:
         # Missing file, torch not installed, unreadable or mismatched checkpoint, unsupported
         # flags (CheckpointError is a ValueError; listed for the reader).
         raise CommandLineError(one_line(error)) from None
-    logging.info("Wrote %s", FLAGS.output)
+    for written in (FLAGS.output, FLAGS.preset_dir):
+        if written:
+            logging.info("Wrote %s", written)
     if FLAGS.saved_model:
         logging.info("Wrote the SavedModel %s", FLAGS.saved_model)
 

@@ -7,9 +7,12 @@ nvae-parity FIXTURE.npz
 
 A forward fixture (`nvae_ref_*`, keys `param/...`) is checked with
 `keras_nvae.parity.check_forward`, a training-trajectory fixture (`nvae_traj_*`, keys
-`init/...`) with `keras_nvae.parity.check_trajectory`. Only the JSON report is printed on
-stdout. Exit status: 0 within the tolerances (forward 1e-5; trajectory step losses 1e-5 and
-final state 1e-3, relative to each array's largest magnitude), 1 over them, 2 on a usage error
+`init/...`) with `keras_nvae.parity.check_trajectory`. The JSON report is printed on stdout;
+a short summary goes to stderr: passed or not, the largest error against its tolerance and, for a
+trajectory, the largest step-term error and the 5 tensors of the final state furthest from the
+reference (also in the report as `final_state.worst_tensors`). Exit status: 0 within the
+tolerances (forward 1e-5; trajectory step losses 1e-5 and final state 1e-3, relative to each
+array's largest magnitude), 1 over them, 2 on a usage error
 or a file that is not a readable fixture (one line on stderr).
 """
 
@@ -79,7 +82,28 @@ def main(argv):
         print(f"{program_name(argv)}: error: {error}", file=sys.stderr)
         return USAGE_ERROR
     print(json.dumps(report, indent=1))
+    print(summary(report), file=sys.stderr)
     return PASSED if report["passed"] else FAILED
+
+
+def summary(report):
+    """A few human-readable lines on a parity report (see `main`)."""
+    verdict = "passed" if report["passed"] else "FAILED"
+    if report["kind"] == "forward":
+        return (
+            f"{report['fixture']}: forward parity {verdict}: max error "
+            f"{report['max_error']:.2e} (tolerance {report['tolerance']:.0e})"
+        )
+    tolerances, final = report["tolerances"], report["final_state"]
+    lines = [
+        f"{report['fixture']}: trajectory parity {verdict}",
+        f"  step terms: max error {report['max_step_error']:.2e} "
+        f"(tolerance {tolerances['step_terms']:.0e})",
+        f"  final state: max error {final['max_error']:.2e} "
+        f"(tolerance {tolerances['final_state']:.0e}); worst tensors:",
+    ]
+    lines += [f"    {error:.2e}  {name}" for name, error in final["worst_tensors"]]
+    return "\n".join(lines)
 
 
 def _parse_absl_flags(argv):

@@ -55,6 +55,13 @@ flags.DEFINE_string("data_dir", None, "TensorFlow Datasets data directory.", fla
 flags.DEFINE_bool(
     "download", False, "Let TensorFlow Datasets download and prepare data.", flag_values=FLAGS
 )
+flags.DEFINE_bool(
+    "skip_bad_images",
+    False,
+    "Image folders: leave out empty, truncated, non-image and undecodable files, with a "
+    "warning that counts them, instead of stopping with an error that names them.",
+    flag_values=FLAGS,
+)
 flags.DEFINE_string(
     "eval_split", "test", "Split used for validation and the final test.", flag_values=FLAGS
 )
@@ -269,6 +276,7 @@ def make_datasets(config, batch_size):
             "train",
             config.image_shape,
             hint=hint,
+            skip_bad_images=FLAGS.skip_bad_images,
             repeat=repeat,
             seed=epoch_seed(FLAGS.seed, epoch),
             **common,
@@ -280,6 +288,7 @@ def make_datasets(config, batch_size):
         FLAGS.eval_split,
         config.image_shape,
         hint=hint,
+        skip_bad_images=FLAGS.skip_bad_images,
         shuffle=False,
         seed=FLAGS.seed,
         **common,

@@ -10,6 +10,7 @@ train = data.make_dataset("digits", "train", batch_size=32)
 """
 
 from keras_nvae.data import registry
+from keras_nvae.data.image_files import BadImageFileError
 from keras_nvae.data.pipeline import AUTOTUNE
 from keras_nvae.data.pipeline import DatasetNotAvailableError
 from keras_nvae.data.pipeline import digits_arrays

@@ -28,6 +28,7 @@ import textwrap
 import numpy as np
 import tensorflow as tf
 
+from keras_nvae.data import image_files
 from keras_nvae.data import registry as datasets
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -456,20 +457,21 @@ def _list_images(path):
     return sorted(files)
 
 
-def _image_file_decoder(image_size, channels):
-    """Returns a `tf.data` function from an image file name to its square image.
+def _image_file_decoder(image_size, channels, skip_bad_images=False):
+    """Returns a function from a dataset of image file names to their images.
 
-    A file that cannot be read or decoded (truncated, empty, not a PNG or
-    JPEG) stops the iteration with an `InvalidArgumentError` whose message
-    names the file.
+    A file that cannot be read or decoded stops the iteration with an
+    `InvalidArgumentError` whose message names the file or, with
+    `skip_bad_images`, is left out (`tf.data` logs a warning).
 
     Args:
         image_size: side length of the output images.
         channels: 3 to decode as RGB, 1 as grayscale.
+        skip_bad_images: leave out files that fail to decode.
 
     Returns:
-        A function mapping a PNG/JPEG file name to the centre-cropped, resized
-        `(image_size, image_size, channels)` image.
+        A function mapping a dataset of PNG/JPEG file names to one of the
+        centre-cropped, resized `(image_size, image_size, channels)` images.
     """
 
     def decode(filename):
@@ -497,7 +499,12 @@ def _image_file_decoder(image_size, channels):
         decoded = file.map(decode).ignore_errors()
         return decoded.concatenate(file.map(unreadable)).take(1).get_single_element()
 
-    return decode_or_fail
+    def decode_files(files):
+        if skip_bad_images:
+            return files.map(decode, num_parallel_calls=AUTOTUNE).ignore_errors(log_warning=True)
+        return files.map(decode_or_fail, num_parallel_calls=AUTOTUNE)
+
+    return decode_files
 
 
 def load_image_folder(
@@ -513,11 +520,14 @@ def load_image_folder(
     repeat=False,
     cache=None,
     shuffle_buffer=10_000,
+    skip_bad_images=False,
 ):
     """Loads PNG/JPEG images from a folder (searched recursively).
 
     Each image is decoded with `tf.io`, centre-cropped to a square and resized
-    to `image_size` x `image_size` (bilinear, antialiased).
+    to `image_size` x `image_size` (bilinear, antialiased). Empty, truncated
+    and non-image files are found when the dataset is created
+    (`keras_nvae.data.image_files` reads each file's first and last bytes).
 
     Args:
         path: folder containing the images (local or any `tf.io.gfile` path).
@@ -534,6 +544,8 @@ def load_image_folder(
             when they take at most 1 GiB.
         shuffle_buffer: shuffle buffer size when the images are cached
             (otherwise the file list is shuffled in full).
+        skip_bad_images: leave out bad files (named in a warning) and files
+            that fail to decode (logged by `tf.data`) instead of raising.
 
     Returns:
         A `tf.data.Dataset` of `(batch, image_size, image_size, channels)`
@@ -541,11 +553,11 @@ def load_image_folder(
 
     Raises:
         FileNotFoundError: if the folder does not exist or has no images.
+        BadImageFileError: naming empty, truncated or non-image files.
         tf.errors.InvalidArgumentError: while iterating, naming a file that
-            cannot be decoded (the files are decoded lazily).
+            passed the check but cannot be decoded (corrupt inside).
 
     Example:
-
     ```python
     ds = load_image_folder("/data/ffhq/thumbnails", image_size=64, batch_size=32)
     ```
@@ -555,30 +567,23 @@ def load_image_folder(
     if not isinstance(image_size, (int, np.integer)) or image_size < 1:
         raise ValueError(f"image_size must be a positive integer; got {image_size!r}.")
     image_size = int(image_size)
-    files = _list_images(os.fspath(path))
+    files = image_files.usable_files(_list_images(os.fspath(path)), skip_bad_images)
     if cache is None:
         cache = len(files) * image_size * image_size * channels <= _CACHE_LIMIT_BYTES
-    decode = _image_file_decoder(image_size, channels)
+    decode = _image_file_decoder(image_size, channels, skip_bad_images)
     ds = tf.data.Dataset.from_tensor_slices(files)
     if cache:
-        ds = ds.map(decode, num_parallel_calls=AUTOTUNE).cache()
+        ds = decode(ds).cache()
         buffer = min(len(files), shuffle_buffer)
     else:
         # Shuffle the (cheap) file names in full, then decode.
         if shuffle:
             ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.map(decode, num_parallel_calls=AUTOTUNE)
+        ds = decode(ds)
         shuffle, buffer = False, None
     return _finish(
-        ds,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        shuffle_buffer=buffer,
-        seed=seed,
-        repeat=repeat,
-        drop_remainder=drop_remainder,
-        flip=flip,
-        binarize=binarize,
+        ds, batch_size=batch_size, shuffle=shuffle, shuffle_buffer=buffer, seed=seed,
+        repeat=repeat, drop_remainder=drop_remainder, flip=flip, binarize=binarize,
     )
 
 
@@ -814,16 +819,20 @@ def load_tfds(
 
 
 def _load_array_file(path, split):
-    """Reads the images of `split` from a `.npy` or `.npz` file."""
+    """Reads the images of `split` from a `.npy` or `.npz` file.
+
+    Returns:
+        (the array's name in the file, the array).
+    """
     if path.endswith(".npy"):
         arrays = {"images": np.load(path, allow_pickle=False)}
     else:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
     if split in arrays:
-        return arrays[split]
+        return split, arrays[split]
     if len(arrays) == 1 and split == "train":
-        return next(iter(arrays.values()))
+        return next(iter(arrays.items()))
     if len(arrays) == 1:
         raise ValueError(
             f"{path!r} holds a single image array, which is used as the "
@@ -862,7 +871,8 @@ def _array_source_images(source, split, image_size):
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the split is missing or the images have another size.
+        ValueError: the split is missing, or the images have another size or
+            an unsupported dtype or shape (naming the file and the array).
     """
     if source == "digits":
         images = digits_arrays(split)
@@ -870,9 +880,16 @@ def _array_source_images(source, split, image_size):
         return images
     if not os.path.isfile(source):
         raise FileNotFoundError(f"Image array file {source!r} does not exist.")
-    images = _load_array_file(source, split)
-    _check_image_size(images, image_size, repr(source))
-    return images
+    name, images = _load_array_file(source, split)
+    try:
+        checked = _validate_images(images)
+    except ValueError as error:
+        raise ValueError(
+            f"The array {name!r} in {source!r} (dtype {images.dtype}, shape "
+            f"{images.shape}) cannot be used as images: {error}"
+        ) from None
+    _check_image_size(checked, image_size, repr(source))
+    return checked
 
 
 def _image_folder_split(source, split, image_size):
@@ -953,6 +970,7 @@ def make_dataset(
     drop_remainder=False,
     repeat=False,
     download=False,
+    skip_bad_images=False,
 ):
     """Builds the image pipeline for any supported data source.
 
@@ -985,12 +1003,15 @@ def make_dataset(
         drop_remainder: whether to drop the last, smaller batch.
         repeat: whether to repeat the data indefinitely.
         download: whether TFDS datasets may be downloaded.
+        skip_bad_images: image folders only; see `load_image_folder`.
 
     Returns:
         A `tf.data.Dataset` of NHWC image batches.
 
     Raises:
-        ValueError: for an unknown source or an unsupported split.
+        ValueError: for an unknown source or split, or array images of an
+            unsupported dtype or layout (naming the file and the array).
+        BadImageFileError: for bad files in an image folder.
         FileNotFoundError: for a missing file or an empty folder.
         DatasetNotAvailableError: for a TFDS dataset that is not prepared.
 
@@ -1005,17 +1026,12 @@ def make_dataset(
     if shuffle is None:
         shuffle = split.startswith("train")
     options = dict(
-        batch_size=batch_size,
-        shuffle=shuffle,
-        flip=flip,
-        binarize=binarize,
-        seed=seed,
-        drop_remainder=drop_remainder,
-        repeat=repeat,
+        batch_size=batch_size, shuffle=shuffle, flip=flip, binarize=binarize, seed=seed,
+        drop_remainder=drop_remainder, repeat=repeat,
     )
     if source == "digits" or source.lower().endswith(_ARRAY_EXTENSIONS):
         return from_numpy(_array_source_images(source, split, image_size), **options)
     if tf.io.gfile.isdir(source):
         folder = _image_folder_split(source, split, image_size)
-        return load_image_folder(folder, image_size, **options)
+        return load_image_folder(folder, image_size, skip_bad_images=skip_bad_images, **options)
     return _load_tfds_source(source, split, data_dir, download, image_size, options)

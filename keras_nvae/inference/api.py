@@ -251,7 +251,8 @@ class NVAEInference:
 
         Args:
             images: NHWC images.
-            num_samples: K, the number of importance samples.
+            num_samples: K, the number of importance samples: an int, or a
+                scalar int32 tensor in a traced function (the SavedModel).
             images_per_pass: optional int. Default: as many images as fit in
                 `memory_budget_bytes` (see `eval_images_per_pass`).
             seed: optional int (reproducible samples) or
@@ -267,8 +268,10 @@ class NVAEInference:
         log_px = model.log_likelihood(images, num_samples=1000, seed=0)
         ```
         """
+        if tf.is_tensor(num_samples):
+            num_samples = _checked_tensor_count(num_samples)
         for name, value in (
-            ("num_samples", num_samples),
+            ("num_samples", None if tf.is_tensor(num_samples) else num_samples),
             ("images_per_pass", images_per_pass),
             ("memory_budget_bytes", memory_budget_bytes),
         ):
@@ -362,7 +365,8 @@ class NVAEInference:
         _, total = tf.while_loop(
             lambda index, _: index < num_passes, one_pass, (tf.constant(0), initial)
         )
-        return total - math.log(num_samples)
+        log_num_samples = tf.math.log(tf.cast(num_samples, tf.float64))
+        return total - tf.cast(log_num_samples, total.dtype)
 
 
 def _graph_activation_bytes(model):
@@ -385,6 +389,15 @@ def _graph_activation_bytes(model):
             if output.dtype.is_floating and output.shape.is_fully_defined():
                 total += output.shape.num_elements() * output.dtype.size
     return max(total, 1)
+
+
+def _checked_tensor_count(num_samples):
+    """`num_samples` (a scalar int tensor), failing at run time unless it is >= 1."""
+    check = tf.debugging.assert_positive(
+        num_samples, message="log_likelihood: num_samples must be >= 1"
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(num_samples)
 
 
 def _call_seeds(seed):

@@ -4,18 +4,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-
-def torch_default_initializer():
-    """Keras equivalent of PyTorch's default conv/linear weight initialiser.
-
-    PyTorch draws `kaiming_uniform(a=sqrt(5))`, i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-
-    Returns:
-        A `keras.initializers.VarianceScaling` instance.
-    """
-    return keras.initializers.VarianceScaling(
-        scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
-    )
+from keras_nvae.layers.initializers import FanInUniform, HostUniform
 
 
 @tf.custom_gradient
@@ -109,8 +98,32 @@ def spectral_matrices(convs):
     return matrices
 
 
+def _array_initializer(value):
+    """An initializer that returns the NumPy array `value`, cast to `dtype`."""
+
+    def initializer(shape, dtype=None):
+        return np.asarray(value, dtype=keras.backend.standardize_dtype(dtype or "float32"))
+
+    return initializer
+
+
+class RootScopedWeights:
+    """Layer mixin: `add_weight` outside the TensorFlow name scopes of its parents.
+
+    TensorFlow names a variable's handle op after the enclosing name scopes,
+    and an eager op whose attributes (the name among them) are new gets a
+    kernel of its own: about 1 ms a variable, 5 s for a 256-pixel NVAE.
+    Under the root scope every `kernel` (`bias`, ...) shares one cached
+    kernel. Keras paths (`variable.path`) keep the layer's full path.
+    """
+
+    def add_weight(self, *args, **kwargs):
+        with tf.name_scope(""):
+            return super().add_weight(*args, **kwargs)
+
+
 @keras.saving.register_keras_serializable(package="keras_nvae")
-class Conv2D(keras.layers.Layer):
+class Conv2D(RootScopedWeights, keras.layers.Layer):
     """2-D convolution with NVAE's weight normalisation.
 
     The effective kernel is `exp(g) * v / (||v|| + 1e-5)` where the norm is taken
@@ -181,8 +194,11 @@ class Conv2D(keras.layers.Layer):
         self.in_channels = in_channels
         k = self.kernel_size
         kernel_shape = (k, k, in_channels // self.groups, self.filters)
+        # Drawn on the host, so that `g` below comes from it without reading
+        # the variable back.
+        kernel = FanInUniform()(kernel_shape)
         self.kernel = self.add_weight(
-            name="kernel", shape=kernel_shape, initializer=torch_default_initializer()
+            name="kernel", shape=kernel_shape, initializer=_array_initializer(kernel)
         )
         mask = self.kernel_mask(in_channels)
         self._mask = None if mask is None else np.asarray(mask, dtype="float32")
@@ -191,19 +207,16 @@ class Conv2D(keras.layers.Layer):
             self.bias = self.add_weight(
                 name="bias",
                 shape=(self.filters,),
-                initializer=keras.initializers.RandomUniform(-bound, bound),
+                initializer=HostUniform(-bound, bound),
             )
         if self.weight_norm:
-
-            def initial_log_norm(shape, dtype=None):
-                kernel = tf.convert_to_tensor(self.kernel)
-                if self._mask is not None:
-                    kernel = kernel * self._mask
-                norm = tf.sqrt(tf.reduce_sum(tf.square(kernel), axis=(0, 1, 2)))
-                return tf.math.log(norm + 1e-2)
-
+            if self._mask is not None:
+                kernel = kernel * self._mask
+            norm = np.sqrt(np.sum(np.square(kernel), axis=(0, 1, 2)))
             self.log_weight_norm = self.add_weight(
-                name="log_weight_norm", shape=(self.filters,), initializer=initial_log_norm
+                name="log_weight_norm",
+                shape=(self.filters,),
+                initializer=_array_initializer(np.log(norm + 1e-2)),
             )
 
     def masked_kernel(self):
@@ -223,6 +236,11 @@ class Conv2D(keras.layers.Layer):
     def spectral_matrix(self):
         """The effective kernel as a (C_out, -1) matrix for spectral regularisation."""
         return spectral_matrices([self])[0]
+
+    @property
+    def spectral_matrix_shape(self):
+        """The shape of `spectral_matrix()`, (C_out, kh * kw * C_in / groups)."""
+        return (self.filters, int(np.prod(self.kernel.shape[:-1])))
 
     def call(self, inputs):
         kernel = tf.cast(self.normalized_kernel(), self.compute_dtype)

@@ -3,11 +3,12 @@
 import keras
 import tensorflow as tf
 
+from keras_nvae.layers.conv import RootScopedWeights
 from keras_nvae.layers.remat import is_recomputing
 
 
 @keras.saving.register_keras_serializable(package="keras_nvae")
-class BatchNorm(keras.layers.Layer):
+class BatchNorm(RootScopedWeights, keras.layers.Layer):
     """Batch normalisation over N, H, W with PyTorch running-statistics semantics.
 
     Differences from `keras.layers.BatchNormalization` that matter for NVAE:

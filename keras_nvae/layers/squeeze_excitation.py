@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_nvae.layers.conv import torch_default_initializer
+from keras_nvae.layers.initializers import FanInUniform, HostUniform
 
 
 def _dense(units, fan_in, activation, name):
@@ -12,8 +12,8 @@ def _dense(units, fan_in, activation, name):
     return keras.layers.Dense(
         units,
         activation=activation,
-        kernel_initializer=torch_default_initializer(),
-        bias_initializer=keras.initializers.RandomUniform(-bound, bound),
+        kernel_initializer=FanInUniform(),
+        bias_initializer=HostUniform(-bound, bound),
         name=name,
     )
 

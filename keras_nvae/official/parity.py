@@ -48,6 +48,8 @@ TRAJECTORY_LOSS_TOLERANCE = 1e-5
 TRAJECTORY_STATE_TOLERANCE = 1e-3
 # Power iterations before replaying (the fixtures converged theirs with 1000).
 SPECTRAL_ITERATIONS = 1000
+# How many of the largest final-state errors a trajectory report lists on its own.
+WORST_TENSORS = 5
 
 OUTPUT_KEYS = ("logits", "kl", "log_q", "log_p", "recon_nll")
 # Recorded per step, with the names `compute_objective` gives them.
@@ -326,7 +328,7 @@ def _uncompared(model, state_dict):
 
 
 # ---------------------------------------------------------------- trajectory
-def check_trajectory(path):
+def check_trajectory(path, prepare=None):
     """Replay a trajectory fixture (`nvae_traj_*`) and compare.
 
     Builds the model from the recorded flags, loads `init/`, converges the
@@ -337,17 +339,23 @@ def check_trajectory(path):
 
     Args:
         path: the fixture file (or a `Fixture`).
+        prepare: optional callable run on the model after the power
+            iteration converged, before the first step (e.g. to start the
+            power iteration from given vectors).
 
     Returns:
         dict: "kind", "fixture", "tolerances", "steps" (per step: the
         relative error of loss, recon, kl, spectral and bn_reg), "final_state"
-        ("max_error", "worst_tensor", "errors": relative error per official
+        ("max_error", "worst_tensor", "worst_tensors": the `WORST_TENSORS`
+        largest as [name, error] pairs, "errors": relative error per official
         tensor name, largest first, "not_compared": step counters and buffers
         that duplicate a compared tensor), "max_step_error" and "passed".
     """
     fixture = _as_fixture(path, "trajectory")
     model = fixture.build_model("init/")
     model.converge_spectral(SPECTRAL_ITERATIONS)
+    if prepare is not None:
+        prepare(model)
     lr = fixture["lr"]
     model.compile(
         optimizer=nvae_optimizers.NVAEAdamax(
@@ -391,6 +399,7 @@ def check_trajectory(path):
         "final_state": {
             "max_error": errors[worst],
             "worst_tensor": worst,
+            "worst_tensors": [list(item) for item in list(errors.items())[:WORST_TENSORS]],
             "errors": errors,
             "not_compared": _uncompared(model, final),
         },

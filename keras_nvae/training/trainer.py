@@ -75,7 +75,7 @@ class NVAETrainer(GuardedUpdates):
         self._conv_layers = [layer for layer in layers if isinstance(layer, Conv2D)]
         self._bn_layers = [layer for layer in layers if isinstance(layer, BatchNorm)]
         self.spectral_regularizer.build(
-            [tuple(conv.spectral_matrix().shape) for conv in self._conv_layers]
+            [conv.spectral_matrix_shape for conv in self._conv_layers]
         )
         self._build_guard()
 
