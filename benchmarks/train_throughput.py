@@ -169,6 +169,24 @@ def build_parser():
         help="external baseline peak RSS in GiB",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for weights and images")
+    p.add_argument(
+        "--find_max_batch",
+        action="store_true",
+        help="instead of timing --batch_size, search for the largest batch that trains "
+        "within --memory_budget_gib (one subprocess per probe; see max_batch.py)",
+    )
+    p.add_argument(
+        "--memory_budget_gib",
+        type=float,
+        default=None,
+        help="peak RSS budget for --find_max_batch; a probe above it is killed",
+    )
+    p.add_argument(
+        "--max_batch_size",
+        type=int,
+        default=1024,
+        help="largest batch --find_max_batch probes (it starts at --batch_size)",
+    )
     # Internal: run one variant in this process.
     p.add_argument("--_worker_xla", choices=("off", "on"), default=None, help=argparse.SUPPRESS)
     p.add_argument("--_worker_out", default=None, help=argparse.SUPPRESS)
@@ -799,6 +817,20 @@ def print_table(args, results):
             print(f"\n{r['variant']} error: {r['error']}")
 
 
+def _find_max_batch(args, argv):
+    import max_batch
+
+    report = max_batch.find_max_batch(args, argv, os.path.abspath(__file__))
+    output = args.output_json or os.path.join(
+        _HERE, "results", f"{args.preset}_max_batch_{args.memory_budget_gib:g}gib.json"
+    )
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"wrote {output}")
+    return 0 if report["max_batch"] else 1
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -819,6 +851,8 @@ def main(argv=None):
         args.overrides = parse_overrides(args.override)
     except ValueError as error:
         parser.error(str(error))
+    if args.find_max_batch:
+        return _find_max_batch(args, sys.argv[1:] if argv is None else list(argv))
     variants = {"off": ["off"], "on": ["on"], "both": ["off", "on"]}[args.xla]
     output = args.output_json or os.path.join(
         _HERE, "results", f"{args.preset}_b{args.batch_size}.json"

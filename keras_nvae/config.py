@@ -5,6 +5,8 @@ import difflib
 import json
 
 LIKELIHOODS = ("bernoulli", "dmol", "normal")
+# Gradient checkpointing: what is recomputed in the backward pass (see `NVAEConfig.remat`).
+REMAT_POLICIES = ("none", "cell", "group")
 
 # Cell recipes per cell type (official utils.get_arch_cells). Each entry lists the
 # ops of one residual cell; "bnswish" is BN-Swish-Conv3x3, "mbconv_eX" is the
@@ -98,10 +100,14 @@ class NVAEConfig:
         official_dmol: reproduce the official DMoL likelihood (right edge at
             0.99, which leaves the 8-bit likelihood unnormalised). For parity
             only.
-        remat: gradient checkpointing: every residual cell drops its
-            activations after the forward pass and recomputes them in the
-            backward pass (less memory, about a fifth more compute). Does not
-            change the model or its outputs; not an official flag.
+        remat: gradient checkpointing policy, one of `REMAT_POLICIES`: what
+            drops its activations after the forward pass and recomputes them
+            in the backward pass. `"cell"`: every residual cell; `"group"`:
+            every latent group as a whole (its decoder cells, posterior,
+            prior, flows and combiner, with the drawn noise kept) and every
+            cell outside the groups; `False` (or `"none"`): nothing; `True`:
+            `"group"`, the policy that keeps least. Does not change the model
+            or its outputs; not an official flag.
         kl_anneal_portion, kl_const_portion, kl_const_coeff: KL warm-up.
         kl_balance: KL balancing across groups during warm-up.
         weight_decay_norm: lambda of the spectral and BN regularisers.
@@ -142,7 +148,7 @@ class NVAEConfig:
     res_dist: bool = True
     arch_instance: str = "res_mbconv"
     official_dmol: bool = False
-    remat: bool = False
+    remat: bool | str = False
     kl_anneal_portion: float = 0.3
     kl_const_portion: float = 1e-4
     kl_const_coeff: float = 1e-4
@@ -183,6 +189,11 @@ class NVAEConfig:
         _choice("image_shape[-1] (channels)", self.image_shape[-1], (1, 3))
         _choice("likelihood", self.likelihood, LIKELIHOODS)
         _choice("arch_instance", self.arch_instance, tuple(ARCHITECTURES))
+        if not isinstance(self.remat, bool) and self.remat not in REMAT_POLICIES:
+            raise ValueError(
+                f"NVAEConfig.remat must be True, False or one of {list(REMAT_POLICIES)}, "
+                f"got {self.remat!r}."
+            )
         if self.likelihood == "bernoulli" and self.num_x_bits != 8:
             raise ValueError(
                 "NVAEConfig.num_x_bits must be 8 with likelihood='bernoulli' "
@@ -343,6 +354,13 @@ class NVAEConfig:
             size = top * 2**scale
             shapes += [(size, size, self.num_latent_per_group)] * groups
         return shapes
+
+    @property
+    def remat_policy(self):
+        """`remat` as a policy name: "none", "cell" or "group" (`True` is "group")."""
+        if self.remat is True:
+            return "group"
+        return "none" if self.remat is False else self.remat
 
     @property
     def architecture(self):

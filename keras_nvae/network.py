@@ -121,16 +121,23 @@ class NVAENetwork(NVAEInference, keras.Model):
                 features.append(h)
         return features[::-1]
 
-    def _top_down(self, batch_size, latent_fn, training=False):
-        """Run the decoder; group `index` takes z from `latent_fn(index, group, s)`."""
+    def _top_down(self, batch_size, latent_fn, training=False, group_fn=None):
+        """Run the decoder; group `index` takes z from `latent_fn(index, group, s)`.
+
+        `group_fn(index, group, s)`, when given, runs group `index`'s whole
+        step instead (decoder cells, latent, combiner) and returns the state.
+        """
         prior = tf.cast(self.prior_ftr0, self.compute_dtype)
         s = tf.tile(prior[None], [batch_size, 1, 1, 1])
         for scale, groups in enumerate(self._scales()):
             if scale:
                 s = self.decoder_up_cells[scale - 1](s, training=training)
             for index, group in groups:
-                s = group.decode(s, training=training)
-                s = group.combine(s, latent_fn(index, group, s))
+                if group_fn is None:
+                    s = group.decode(s, training=training)
+                    s = group.combine(s, latent_fn(index, group, s))
+                else:
+                    s = group_fn(index, group, s)
         for cell in self.post_process:
             s = cell(s, training=training)
         return tf.cast(self.image_conditional(tf.nn.elu(s)), tf.float32)
@@ -146,13 +153,13 @@ class NVAENetwork(NVAEInference, keras.Model):
         terms = {"latents": [], "log_q": [], "log_p": [], "kl": []}
         eps = self._latent_noise(batch_size, noise, seeds)
 
-        def posterior_latent(index, group, s):
-            sample = group.sample_posterior(features[index], s, eps(index))
+        def posterior_step(index, group, s):
+            s, *sample = group.posterior_step(s, features[index], eps(index), training)
             for key, value in zip(terms, sample):
                 terms[key].append(value)
-            return sample[0]
+            return s
 
-        logits = self._top_down(batch_size, posterior_latent, training=training)
+        logits = self._top_down(batch_size, None, training=training, group_fn=posterior_step)
         return {
             "logits": logits,
             "log_q": tf.add_n(terms["log_q"]),

@@ -19,7 +19,7 @@ def residual_cell(config, filters, cell_type, name):
         cell_type,
         config.architecture[cell_type],
         config.use_se,
-        config.remat,
+        config.remat_policy != "none",
         name=name,
     )
 
@@ -82,7 +82,7 @@ def latent_groups(config):
                     num_flows=c.num_flows,
                     use_se=c.use_se,
                     residual_posterior=c.res_dist,
-                    remat=c.remat,
+                    remat=c.remat_policy,
                     name=f"latent_group_{len(groups)}",
                 )
             )

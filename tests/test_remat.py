@@ -5,7 +5,9 @@ import pytest
 import tensorflow as tf
 
 from conftest import lean_tiny
+from keras_nvae import NVAEConfig
 from keras_nvae.layers import ResidualCell
+from keras_nvae.layers.latent_group import LatentGroup
 from keras_nvae.layers.remat import is_recomputing, rematerialize
 
 
@@ -66,35 +68,69 @@ def test_rematerialize_recomputes_in_the_backward_pass():
     assert not is_recomputing()
 
 
-def test_remat_model_trains_like_the_plain_model():
+def _loss_and_grads(model, images, noise):
+    @tf.function
+    def step(images, eps):
+        with tf.GradientTape() as tape:
+            terms = model.compute_objective(images, training=True, noise=eps)
+        return terms["loss"], tape.gradient(terms["loss"], model.trainable_variables)
+
+    return step(tf.constant(images), [tf.constant(n) for n in noise])
+
+
+@pytest.fixture(scope="module")
+def plain_step():
+    """A lean tiny model with one flow, its weights before and its loss and gradients after one
+    training-mode objective with fixed noise."""
     x = np.random.RandomState(0).randint(0, 256, (4, 16, 16, 3)).astype("uint8")
-    plain = lean_tiny()
-    remat = lean_tiny(remat=True)
-    assert remat.config.remat and all(
-        cell.remat for cell in remat.pre_process + remat.post_process
-    )
-    remat.set_weights(plain.get_weights())
+    plain = lean_tiny(num_flows=1)
+    weights = plain.get_weights()
     rng = np.random.RandomState(1)
     noise = [rng.randn(4, *s).astype("float32") for s in plain.latent_shapes]
+    loss, grads = _loss_and_grads(plain, x, noise)
+    return plain, weights, x, noise, loss, grads
 
-    def loss_and_grads(model):
-        @tf.function
-        def step(images, eps):
-            with tf.GradientTape() as tape:
-                terms = model.compute_objective(images, training=True, noise=eps)
-            return terms["loss"], tape.gradient(terms["loss"], model.trainable_variables)
 
-        return step(tf.constant(x), [tf.constant(n) for n in noise])
-
-    loss_plain, grads_plain = loss_and_grads(plain)
-    loss_remat, grads_remat = loss_and_grads(remat)
+@pytest.mark.parametrize("policy", ["cell", "group"])
+def test_remat_policy_trains_like_the_plain_model(plain_step, policy):
+    plain, weights, x, noise, loss_plain, grads_plain = plain_step
+    remat = lean_tiny(num_flows=1, remat=policy)
+    assert all(cell.remat for cell in remat.pre_process + remat.post_process)
+    assert all(group.remat == policy for group in remat.groups)
+    assert all(cell.remat == (policy == "cell") for cell in remat.groups[1].decoder_cells)
+    remat.set_weights(weights)
+    loss_remat, grads_remat = _loss_and_grads(remat, x, noise)
     np.testing.assert_allclose(float(loss_remat), float(loss_plain), rtol=1e-6)
     # float32 gradients summed in another order. Some are zero up to rounding
     # (biases feeding a training-mode BN), so the absolute floor is relative to
     # the largest gradient of all.
     floor = 1e-5 * max(float(tf.reduce_max(tf.abs(g))) for g in grads_plain)
     for v, a, b in zip(plain.trainable_variables, grads_remat, grads_plain):
+        assert a is not None, v.path
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=floor, err_msg=v.path)
-    for a, b in zip(remat._bn_layers, plain._bn_layers):
-        np.testing.assert_allclose(a.moving_mean.numpy(), b.moving_mean.numpy(), rtol=1e-5, atol=1e-7)
-        np.testing.assert_allclose(a.moving_variance.numpy(), b.moving_variance.numpy(), rtol=1e-5)
+    # BN moving statistics and the power-iteration vectors were updated once, not twice.
+    assert len(remat.non_trainable_weights) == len(plain.non_trainable_weights)
+    for a, b in zip(remat.non_trainable_weights, plain.non_trainable_weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7, err_msg=a.path)
+
+
+@pytest.mark.parametrize(
+    "value, policy", [(False, "none"), ("none", "none"), ("cell", "cell"), ("group", "group"), (True, "group")]
+)
+def test_remat_values_name_a_policy(value, policy):
+    config = NVAEConfig(remat=value)
+    assert config.remat_policy == policy
+    assert NVAEConfig.from_json(config.to_json()).remat_policy == policy
+
+
+@pytest.mark.parametrize("value", ["tower", 1, None])
+def test_remat_rejects_unknown_policies(value):
+    with pytest.raises(ValueError, match="remat must be True, False or one of"):
+        NVAEConfig(remat=value)
+
+
+def test_latent_group_layer_configs_with_a_bool_remat_load():
+    # Layer configs saved when remat was a bool meant per-cell recomputation.
+    group = LatentGroup.from_config({**LatentGroup(8, 8, 4).get_config(), "remat": True})
+    assert group.remat == "cell" and all(cell.remat for cell in group.encoder_cells)
+    assert LatentGroup.from_config({**group.get_config(), "remat": False}).remat == "none"

@@ -491,8 +491,10 @@ def train():
     config = make_config()
     if FLAGS.jit_compile and FLAGS.distribute != "none":
         raise CommandLineError(
-            "--jit_compile cannot be combined with --distribute (Keras cannot XLA-compile a "
-            "distributed train step); leave --jit_compile unset."
+            "--jit_compile cannot be combined with --distribute: Keras 3 XLA-compiles the "
+            "step of all replicas as one computation on one device, which cannot reach the "
+            "other replicas' variables. Leave --jit_compile unset (BUILD_NOTES.md, "
+            "'XLA with MirroredStrategy')."
         )
     output_dir = FLAGS.output_dir or os.path.join("runs", FLAGS.preset)
 

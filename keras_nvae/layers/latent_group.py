@@ -7,6 +7,7 @@ from keras_nvae import distributions
 from keras_nvae.layers.flows import PairedIAFCell
 from keras_nvae.layers.combiners import DecoderCombiner, EncoderCombiner
 from keras_nvae.layers.conv import Conv2D
+from keras_nvae.layers.remat import rematerialize
 from keras_nvae.layers.residual_cell import ResidualCell
 
 
@@ -43,7 +44,10 @@ class LatentGroup(keras.layers.Layer):
         num_flows: paired IAF cells applied to posterior samples.
         use_se: squeeze-and-excitation in the residual cells.
         residual_posterior: q is parameterised relative to p.
-        remat: recompute the cells' activations in the backward pass.
+        remat: gradient checkpointing in training: "cell" (or True)
+            recomputes each cell in the backward pass, "group" recomputes the
+            encoder cells as one block and `posterior_step` as one block,
+            "none" (or False) keeps every activation.
         **kwargs: base `keras.layers.Layer` arguments.
 
     Example:
@@ -86,7 +90,11 @@ class LatentGroup(keras.layers.Layer):
         self.num_flows = int(num_flows)
         self.use_se = bool(use_se)
         self.residual_posterior = bool(residual_posterior)
-        self.remat = bool(remat)
+        self.remat = {True: "cell", False: "none"}.get(remat, remat)
+        if self.remat not in ("none", "cell", "group"):
+            raise ValueError(
+                f"LatentGroup: remat must be True, False, 'none', 'cell' or 'group', got {remat!r}."
+            )
 
         self.encoder_cells = [
             self._cell(self.encoder_filters, "normal_enc", self.encoder_cell_ops, f"encoder_cell_{i}")
@@ -115,7 +123,8 @@ class LatentGroup(keras.layers.Layer):
         self.combiner = DecoderCombiner(self.decoder_filters, name="combiner")
 
     def _cell(self, filters, cell_type, ops, name):
-        return ResidualCell(filters, cell_type, ops, self.use_se, self.remat, name=name)
+        remat = self.remat == "cell"
+        return ResidualCell(filters, cell_type, ops, self.use_se, remat, name=name)
 
     def build(self, input_shape):
         """Builds the sublayers for a decoder state of shape `input_shape`."""
@@ -140,9 +149,15 @@ class LatentGroup(keras.layers.Layer):
     # ------------------------------------------------------------- bottom-up
     def encode(self, h, training=None):
         """Runs the encoder cells; returns the group's bottom-up feature."""
-        for cell in self.encoder_cells:
-            h = cell(h, training=training)
-        return h
+
+        def cells(h):
+            for cell in self.encoder_cells:
+                h = cell(h, training=training)
+            return h
+
+        if self.remat == "group" and training:
+            return rematerialize(cells, h)
+        return cells(h)
 
     # -------------------------------------------------------------- top-down
     def decode(self, s, training=None):
@@ -217,6 +232,34 @@ class LatentGroup(keras.layers.Layer):
         else:
             kl = tf.reduce_sum(q.kl_divergence(p), axis=(1, 2, 3))
         return z, log_q, log_p, kl
+
+    def posterior_step(self, s, feature, eps, training=None):
+        """The group's whole top-down step with a posterior sample.
+
+        `decode`, then `sample_posterior`, then `combine`. With remat "group"
+        in training it runs as one recomputed block: only `s`, `feature` and
+        `eps` are kept for the backward pass, and the recomputation reuses
+        `eps`, so it is the same forward pass.
+
+        Args:
+            s: the decoder state entering the group.
+            feature: the group's bottom-up feature.
+            eps: standard-normal noise shaped like z.
+            training: training-mode BatchNorm.
+
+        Returns:
+            (s, z, log_q, log_p, kl): the state after `combine`, and what
+            `sample_posterior` returns.
+        """
+
+        def step(s, feature, eps):
+            s = self.decode(s, training=training)
+            z, log_q, log_p, kl = self.sample_posterior(feature, s, eps)
+            return self.combine(s, z), z, log_q, log_p, kl
+
+        if self.remat == "group" and training:
+            return rematerialize(step, s, feature, eps)
+        return step(s, feature, eps)
 
     def sample_prior(self, s, eps, temperature=1.0):
         """A prior sample `mu_p + sigma_p * temperature * eps` (no flows)."""
