@@ -41,25 +41,17 @@ from keras_nvae.cli.common import parse_absl_flags
 from keras_nvae.cli.common import program_name
 from keras_nvae.cli.common import run_main
 from keras_nvae.cli.common import write_png
+from keras_nvae.cli.shared_flags import define_model_and_data_flags
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_string("preset", "digits", "Model preset, one of NVAE.presets.", flag_values=FLAGS)
-flags.DEFINE_string(
-    "dataset",
-    "digits",
-    "Data source for keras_nvae.data.make_dataset: 'digits', a TensorFlow Datasets name "
-    "(e.g. cifar10, mnist), a folder of PNG/JPEG images, or a .npy/.npz file.",
-    flag_values=FLAGS,
+define_model_and_data_flags(
+    FLAGS,
+    eval_split_help="Split used for validation and the final test.",
+    epochs_help="Training epochs (default: the preset's).",
+    override_help="Repeatable.",
 )
-flags.DEFINE_string("data_dir", None, "TensorFlow Datasets data directory.", flag_values=FLAGS)
 flags.DEFINE_bool(
     "download", False, "Let TensorFlow Datasets download and prepare data.", flag_values=FLAGS
-)
-flags.DEFINE_string(
-    "eval_split", "test", "Split used for validation and the final test.", flag_values=FLAGS
-)
-flags.DEFINE_integer(
-    "epochs", None, "Training epochs (default: the preset's).", lower_bound=1, flag_values=FLAGS
 )
 flags.DEFINE_integer(
     "batch_size",
@@ -77,13 +69,6 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_string(
     "output_dir", None, "Run directory (default: runs/<preset>).", flag_values=FLAGS
-)
-flags.DEFINE_multi_string(
-    "override",
-    [],
-    "NVAEConfig field as key=value (value parsed as JSON, else a string), e.g. "
-    "--override num_channels_enc=32 --override image_shape=[16,16,3]. Repeatable.",
-    flag_values=FLAGS,
 )
 flags.DEFINE_float(
     "learning_rate", None, "Peak learning rate (default: the preset's).", flag_values=FLAGS
@@ -326,6 +311,7 @@ def fit(model, train_data, test_data, steps, directory, callbacks):
         CommandLineError: the training state cannot be saved or restored, or too many
             consecutive steps were non-finite.
     """
+    from keras_nvae.training import checkpoint_store
     from keras_nvae.training import checkpointing
     from keras_nvae.training.step_guard import NonFiniteTrainingError
 
@@ -350,8 +336,8 @@ def fit(model, train_data, test_data, steps, directory, callbacks):
             verbose=1 if sys.stdout.isatty() else 2,
         )
     except (
-        checkpointing.CheckpointError,
-        checkpointing.CheckpointWriteError,
+        checkpoint_store.CheckpointError,
+        checkpoint_store.CheckpointWriteError,
         NonFiniteTrainingError,
     ) as error:
         raise CommandLineError(one_line(error)) from None
@@ -480,7 +466,7 @@ def train():
     import keras
 
     from keras_nvae import NVAE
-    from keras_nvae.training import checkpointing
+    from keras_nvae.training import atomic_files, checkpoint_store
 
     keras.utils.set_random_seed(FLAGS.seed)
     keras.mixed_precision.set_global_policy(
@@ -507,10 +493,10 @@ def train():
     if is_chief:
         write_images(model, test_data, directory)
         try:
-            checkpointing.write_json(os.path.join(directory, "metrics.json"), metrics)
+            atomic_files.write_json(os.path.join(directory, "metrics.json"), metrics)
         except OSError as error:
             raise CommandLineError(
-                one_line(checkpointing.write_failure("metrics.json", directory, error))
+                one_line(checkpoint_store.write_failure("metrics.json", directory, error))
             ) from None
         logging.info(
             "Wrote %s{model.keras, samples.png, reconstructions.png, metrics.json}; "
@@ -518,7 +504,7 @@ def train():
             os.path.join(directory, ""),
             os.path.join(directory, "logs"),
         )
-    checkpointing.CheckpointStore(os.path.join(directory, "checkpoints")).clear()
+    checkpoint_store.CheckpointStore(os.path.join(directory, "checkpoints")).clear()
     test = metrics["test"]
     print(
         f"test bits/dim: {test['iw_bpd']:.4f} (IW, K={FLAGS.eval_samples}; "

@@ -59,21 +59,16 @@ from keras_nvae.cli.common import load_dataset
 from keras_nvae.cli.common import one_line
 from keras_nvae.cli.common import parse_absl_flags
 from keras_nvae.cli.common import run_main
+from keras_nvae.cli.shared_flags import define_model_and_data_flags
 
 # A private FlagValues (the convention of keras_nvae.cli): importing this program next to the others,
 # which also define e.g. --preset or --dataset, never clashes; `main` parses it.
 FLAGS = flags.FlagValues()
-flags.DEFINE_string("preset", "digits", "Model preset, one of NVAE.presets.", flag_values=FLAGS)
-flags.DEFINE_string(
-    "dataset",
-    "digits",
-    "Data source for keras_nvae.data.make_dataset: 'digits', a TensorFlow Datasets name, a "
-    "folder of images, or a .npy/.npz file (arrays named 'train' and --eval_split).",
-    flag_values=FLAGS,
-)
-flags.DEFINE_string("data_dir", None, "TensorFlow Datasets data directory.", flag_values=FLAGS)
-flags.DEFINE_string(
-    "eval_split", "test", "Split the objective val_bpd is computed on.", flag_values=FLAGS
+define_model_and_data_flags(
+    FLAGS,
+    eval_split_help="Split the objective val_bpd is computed on.",
+    epochs_help="Epochs per trial (Hyperband: max_epochs); default the preset's.",
+    override_help="Fixed for every trial. Repeatable.",
 )
 flags.DEFINE_enum(
     "tuner", "random", ["random", "hyperband", "bayesian"], "Search algorithm.", flag_values=FLAGS
@@ -82,13 +77,6 @@ flags.DEFINE_integer(
     "max_trials",
     10,
     "Trials to run (random, bayesian; Hyperband runs its brackets).",
-    lower_bound=1,
-    flag_values=FLAGS,
-)
-flags.DEFINE_integer(
-    "epochs",
-    None,
-    "Epochs per trial (Hyperband: max_epochs); default the preset's.",
     lower_bound=1,
     flag_values=FLAGS,
 )
@@ -102,13 +90,6 @@ flags.DEFINE_string(
     "project_name", None, "Sub-folder of --directory (default: the preset).", flag_values=FLAGS
 )
 flags.DEFINE_string("search_space", None, "JSON file of the search space.", flag_values=FLAGS)
-flags.DEFINE_multi_string(
-    "override",
-    [],
-    "NVAEConfig field fixed for every trial, key=value (value parsed as JSON, else a string). "
-    "Repeatable.",
-    flag_values=FLAGS,
-)
 flags.DEFINE_bool(
     "overwrite",
     False,
