@@ -66,7 +66,7 @@ class NVAENetwork(NVAEInference, keras.Model):
         self._build_groups()
         x = tf.zeros((1, c.model_image_size, c.model_image_size, c.num_channels))
         noise = [tf.zeros((1,) + tuple(s)) for s in c.latent_shapes]
-        self._forward(x, training=False, noise=noise)
+        self.forward_terms(x, training=False, noise=noise)
         self.built = True
 
     def _build_groups(self):
@@ -94,8 +94,16 @@ class NVAENetwork(NVAEInference, keras.Model):
         return self.config.num_groups
 
     # ------------------------------------------------------------- the towers
-    def _bottom_up(self, x, training):
-        """The bottom-up feature of every group, decoder order."""
+    def bottom_up(self, x, training=False):
+        """Run the encoder tower: the bottom-up feature of every latent group.
+
+        Args:
+            x: preprocessed images in `[0, 1]` (`preprocess_images`), NHWC.
+            training: whether the BN layers run in training mode.
+
+        Returns:
+            One feature tensor per latent group, in decoder order (top group first).
+        """
         h = self.stem(2.0 * x - 1.0)
         for cell in self.pre_process:
             h = cell(h, training=training)
@@ -108,8 +116,18 @@ class NVAENetwork(NVAEInference, keras.Model):
                 features.append(h)
         return features[::-1]
 
-    def _top_down(self, batch_size, latent_fn, training=False):
-        """Run the decoder; group `index` takes z from `latent_fn(index, group, s)`."""
+    def top_down(self, batch_size, latent_fn, training=False):
+        """Run the decoder tower, taking each group's latent from `latent_fn`.
+
+        Args:
+            batch_size: the number of images (int or scalar tensor).
+            latent_fn: `latent_fn(index, group, s) -> z`: the latent of group
+                `index` (its `LatentGroup` and the decoder state `s` before it).
+            training: whether the BN layers run in training mode.
+
+        Returns:
+            The decoder's output parameters (float32 logits of the likelihood).
+        """
         prior = tf.cast(self.prior_ftr0, self.compute_dtype)
         s = tf.tile(prior[None], [batch_size, 1, 1, 1])
         for scale, groups in enumerate(self._scales()):
@@ -122,14 +140,24 @@ class NVAENetwork(NVAEInference, keras.Model):
             s = cell(s, training=training)
         return tf.cast(self.image_conditional(tf.nn.elu(s)), tf.float32)
 
-    def _forward(self, x, training, noise=None, seeds=None, features=None):
-        """The full forward pass; returns decoder params and per-group terms.
+    def forward_terms(self, x, training=False, noise=None, seeds=None, features=None):
+        """The full forward pass: both towers, with latents drawn from the posteriors.
 
-        `features`: the bottom-up features of `x` when already computed.
+        Args:
+            x: preprocessed images in `[0, 1]` (`preprocess_images`), NHWC.
+            training: whether the BN layers run in training mode.
+            noise: optional standard-normal noise, one tensor per group.
+            seeds: optional `keras_nvae.noise.CallSeeds` for the latent noise.
+            features: the `bottom_up` features of `x` when already computed.
+
+        Returns:
+            A dict: `logits` (decoder parameters), `log_q` and `log_p` (summed
+            over groups), `kl` (per group, shape `(batch, num_groups)`) and
+            `latents` (one tensor per group).
         """
         batch_size = tf.shape(x)[0]
         if features is None:
-            features = self._bottom_up(x, training)
+            features = self.bottom_up(x, training)
         terms = {"latents": [], "log_q": [], "log_p": [], "kl": []}
         eps = self._latent_noise(batch_size, noise, seeds)
 
@@ -139,7 +167,7 @@ class NVAENetwork(NVAEInference, keras.Model):
                 terms[key].append(value)
             return sample[0]
 
-        logits = self._top_down(batch_size, posterior_latent, training=training)
+        logits = self.top_down(batch_size, posterior_latent, training=training)
         return {
             "logits": logits,
             "log_q": tf.add_n(terms["log_q"]),
@@ -183,7 +211,7 @@ class NVAENetwork(NVAEInference, keras.Model):
         x, target = self.preprocess_images(inputs)
         if noise is not None:
             noise = inputs_lib.check_noise(noise, self.latent_shapes)
-        out = self._forward(x, training=training, noise=noise)
+        out = self.forward_terms(x, training=training, noise=noise)
         out["recon_nll"] = -self.decoder_distribution(out["logits"]).log_prob(target)
         return out
 

@@ -137,7 +137,7 @@ def test_sample_temperature_scales_prior_noise(tiny):
         latents.append(mu + sigma * noise[index])
         return latents[index]
 
-    expected = tiny._top_down(2, latent_fn)
+    expected = tiny.top_down(2, latent_fn)
     np.testing.assert_allclose(logits.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
 
 
