@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from keras_nvae import NVAE
 from keras_nvae.official import convert
+from keras_nvae.official.parity import relative_error
 
 # Grappler's graph rewrites are off in the test processes. The tests trace many small graphs and
 # run each for a few steps, so optimising every graph cost more than it saved: the first `fit` of
@@ -195,14 +196,6 @@ class Reference:
         keras.utils.set_random_seed(seed)
         model = NVAE(convert.config_from_official_args(self.args, **overrides))
         return convert.load_official_state_dict(model, self.state_dict)
-
-
-def relative_error(actual, expected):
-    """max|actual - expected| / max|expected|, in float64; the shapes must match."""
-    actual = np.asarray(actual, np.float64)
-    expected = np.asarray(expected, np.float64)
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    return np.max(np.abs(actual - expected)) / np.max(np.abs(expected))
 
 
 def assert_matches_reference(actual, expected, what):
