@@ -5,14 +5,15 @@ import math
 import keras
 import tensorflow as tf
 
+from keras_nvae import compat
 from keras_nvae import distributions
-from keras_nvae.training.guarded_updates import GuardedUpdates
 from keras_nvae import inputs
-from keras_nvae.training import objectives
-from keras_nvae.official import layout as official_layout
-from keras_nvae.training import optimizers as nvae_optimizers
 from keras_nvae.layers.conv import Conv2D, spectral_matrices
 from keras_nvae.layers.normalization import BatchNorm
+from keras_nvae.official import layout as official_layout
+from keras_nvae.training.guarded_updates import GuardedUpdates
+from keras_nvae.training import objectives
+from keras_nvae.training import optimizers as nvae_optimizers
 
 METRIC_NAMES = (
     "loss",
@@ -448,7 +449,7 @@ def _flatten(modules):
     while stack:
         layer = stack.pop()
         ordered.append(layer)
-        stack.extend(layer._layers)
+        stack.extend(compat.direct_sublayers(layer))
     return ordered
 
 
