@@ -2,9 +2,9 @@
 
 import keras
 
+from keras_nvae.network import NVAENetwork
 from keras_nvae.official import legacy
 from keras_nvae import presets as presets_lib
-from keras_nvae.network import NVAENetwork
 from keras_nvae.training.trainer import NVAETrainer
 
 

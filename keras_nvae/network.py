@@ -3,12 +3,12 @@
 import keras
 import tensorflow as tf
 
-from keras_nvae import distributions
-from keras_nvae import inputs as inputs_lib
-from keras_nvae import towers
 from keras_nvae.config import NVAEConfig
+from keras_nvae import distributions
 from keras_nvae.inference.api import NVAEInference
+from keras_nvae import inputs as inputs_lib
 from keras_nvae.layers.conv import Conv2D
+from keras_nvae import towers
 
 
 class NVAENetwork(NVAEInference, keras.Model):

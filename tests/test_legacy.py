@@ -18,7 +18,7 @@ def legacy():
 
 
 def test_legacy_file_reproduces_its_outputs(legacy):
-    # The fixture holds the outputs the pre-split code gave for this input and
+    # The fixture holds the outputs keras_nvae < 0.2 gave for this input and
     # noise; the same float32 ops in the same order must give them again.
     model, ref = legacy
     noise = [ref[f"noise_{i:02d}"] for i in range(model.num_groups)]

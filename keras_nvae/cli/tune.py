@@ -51,15 +51,15 @@ from absl import logging
 import keras
 import keras_tuner
 
-from keras_nvae import presets
-from keras_nvae.training import tuning
-from keras_nvae.config import parse_overrides
 from keras_nvae.cli.common import CommandLineError
 from keras_nvae.cli.common import load_dataset
 from keras_nvae.cli.common import one_line
 from keras_nvae.cli.common import parse_absl_flags
 from keras_nvae.cli.common import run_main
 from keras_nvae.cli.shared_flags import define_model_and_data_flags
+from keras_nvae.config import parse_overrides
+from keras_nvae import presets
+from keras_nvae.training import tuning
 
 # A private FlagValues (the convention of keras_nvae.cli): importing this program next to the others,
 # which also define e.g. --preset or --dataset, never clashes; `main` parses it.

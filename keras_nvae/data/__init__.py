@@ -15,13 +15,13 @@ train = data.make_dataset("digits", "train", batch_size=32)
 ```
 """
 
-from keras_nvae.data import registry
 from keras_nvae.data.arrays import digits_arrays
 from keras_nvae.data.arrays import from_numpy
 from keras_nvae.data.arrays import load_digits
 from keras_nvae.data.folders import load_image_folder
 from keras_nvae.data.pipeline import AUTOTUNE
 from keras_nvae.data.pipeline import dynamic_binarize
+from keras_nvae.data import registry
 from keras_nvae.data.sources import make_dataset
 from keras_nvae.data.tfds import DatasetNotAvailableError
 from keras_nvae.data.tfds import load_tfds

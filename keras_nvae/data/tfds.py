@@ -5,10 +5,10 @@ import textwrap
 
 import tensorflow as tf
 
-from keras_nvae.data import registry
 from keras_nvae.data.pipeline import AUTOTUNE
 from keras_nvae.data.pipeline import _crop_and_resize
 from keras_nvae.data.pipeline import _finish
+from keras_nvae.data import registry
 
 
 class DatasetNotAvailableError(FileNotFoundError):

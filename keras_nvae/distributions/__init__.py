@@ -10,9 +10,9 @@ from keras_nvae.distributions.likelihoods import bernoulli_decoder
 from keras_nvae.distributions.likelihoods import decoder_num_channels
 from keras_nvae.distributions.likelihoods import make_decoder_distribution
 from keras_nvae.distributions.likelihoods import nats_to_bits_per_dim
+from keras_nvae.distributions.logistic_mixture import DiscretizedMixtureLogistics
 from keras_nvae.distributions.logistic_mixture import LOG_SCALE_MIN
 from keras_nvae.distributions.logistic_mixture import UNIFORM_EPS
-from keras_nvae.distributions.logistic_mixture import DiscretizedMixtureLogistics
 from keras_nvae.distributions.normal import SIGMA_FLOOR
 from keras_nvae.distributions.normal import SOFT_CLAMP_BOUND
 from keras_nvae.distributions.normal import normal_from_params

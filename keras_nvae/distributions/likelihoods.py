@@ -12,8 +12,8 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from keras_nvae.config import LIKELIHOODS
-from keras_nvae.distributions.image import _check_last_axis
 from keras_nvae.distributions.image import _ImageLikelihood
+from keras_nvae.distributions.image import _check_last_axis
 from keras_nvae.distributions.logistic_mixture import DiscretizedMixtureLogistics
 from keras_nvae.distributions.normal import _check_temperature
 from keras_nvae.distributions.normal import normal_from_params

@@ -5,9 +5,9 @@ import math
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from keras_nvae.distributions.image import _ImageLikelihood
 from keras_nvae.distributions.image import _check_last_axis
 from keras_nvae.distributions.image import _check_num_channels
-from keras_nvae.distributions.image import _ImageLikelihood
 from keras_nvae.distributions.normal import _cast
 from keras_nvae.distributions.normal import _check_temperature
 

@@ -4,8 +4,8 @@ import math
 
 import tensorflow as tf
 
-from keras_nvae import inputs as inputs_lib
 from keras_nvae.inference import latents as latents_lib
+from keras_nvae import inputs as inputs_lib
 from keras_nvae import noise as noise_lib
 
 # The activation memory of one importance-sampling pass when its size is not given.

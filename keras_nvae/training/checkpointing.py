@@ -40,11 +40,11 @@ import numpy as np
 from keras_nvae.training.atomic_files import atomic_write
 from keras_nvae.training.atomic_files import save_model
 from keras_nvae.training.checkpoint_store import CheckpointStore
-from keras_nvae.training.checkpoint_store import write_failure
 from keras_nvae.training.checkpoint_store import _assign
 from keras_nvae.training.checkpoint_store import _describe
 from keras_nvae.training.checkpoint_store import _metric_variables
 from keras_nvae.training.checkpoint_store import _state_variables
+from keras_nvae.training.checkpoint_store import write_failure
 
 
 class TrainingInterrupted(Exception):

@@ -30,9 +30,9 @@ import keras_tuner
 import numpy as np
 import tensorflow as tf
 
-from keras_nvae import presets as presets_lib
 from keras_nvae.config import NVAEConfig
 from keras_nvae.model import NVAE
+from keras_nvae import presets as presets_lib
 from keras_nvae.training.trainer import epoch_steps
 
 OBJECTIVE = "val_bpd"
