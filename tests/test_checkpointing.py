@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import lean_tiny
+from harness import lean_tiny
 
 from keras_nvae.training import atomic_files
 from keras_nvae.training import checkpoint_store

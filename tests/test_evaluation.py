@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REORDERED_RTOL
-from conftest import noise_seed_state
-from conftest import tiny_images
+from harness import REORDERED_RTOL
+from harness import noise_seed_state
+from harness import tiny_images
 from keras_nvae import NVAE
 from keras_nvae.official import layout as official_layout
 from keras_nvae import distributions

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import lean_tiny
+from harness import lean_tiny
 from keras_nvae import NVAE
 from keras_nvae.inference import latents
 from keras_nvae import noise as noise_lib

@@ -5,9 +5,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import fixed_noise
-from conftest import lean_tiny
-from conftest import tiny_images
+from harness import fixed_noise
+from harness import lean_tiny
+from harness import TestCase
+from harness import tiny_images
+from keras_nvae import distributions
+from keras_nvae.presets import preset_config
 from keras_nvae import NVAE, NVAEConfig
 from keras_nvae.layers.conv import spectral_matrices
 
@@ -152,9 +155,18 @@ def test_encode_decode_reconstruct(tiny):
     assert decoded.shape == (2, 16, 16, 3)
 
 
-def test_get_config_round_trip(tiny):
-    clone = NVAE.from_config(tiny.get_config())
-    assert clone.config == tiny.config
+class TestPresets(TestCase):
+    def test_tiny_preset(self):
+        c = preset_config("tiny")
+        logits = distributions.decoder_num_channels(c.likelihood, c.num_channels, c.num_mixtures)
+        self.run_preset_test(
+            "tiny",
+            input_data=tiny_images(2),
+            expected_output_shapes={"logits": (2, 16, 16, logits), "kl": (2, c.num_groups)},
+        )
+
+
+def test_config_dict_and_bad_config(tiny):
     assert NVAE(tiny.config.to_dict()).config == tiny.config
     with pytest.raises(ValueError, match="NVAEConfig or a dict"):
         NVAE("cifar10")
