@@ -34,13 +34,13 @@ from absl import flags
 from absl import logging
 
 from keras_nvae.cli.common import CommandLineError
-from keras_nvae.cli.common import image_grid
 from keras_nvae.cli.common import load_dataset
 from keras_nvae.cli.common import one_line
 from keras_nvae.cli.common import parse_absl_flags
 from keras_nvae.cli.common import program_name
 from keras_nvae.cli.common import run_main
-from keras_nvae.cli.common import write_png
+from keras_nvae.cli.pictures import picture_callbacks
+from keras_nvae.cli.pictures import write_images
 from keras_nvae.cli.shared_flags import define_model_and_data_flags
 
 FLAGS = flags.FlagValues()
@@ -168,11 +168,6 @@ flags.DEFINE_integer(
     lower_bound=1,
     flag_values=FLAGS,
 )
-
-NUM_SAMPLES = 64
-NUM_RECONSTRUCTIONS = 16
-NUM_PICTURE_IMAGES = 8
-
 
 def make_config():
     """The preset's `NVAEConfig` with the flags' overrides applied."""
@@ -343,49 +338,6 @@ def fit(model, train_data, test_data, steps, directory, callbacks):
         raise CommandLineError(one_line(error)) from None
 
 
-def picture_callbacks(test, directory):
-    """The `LatentSummaries` callback of --pictures_every_n_epochs (none when 0 or distributed)."""
-    from keras_nvae.training.callbacks import LatentSummaries
-
-    if not FLAGS.pictures_every_n_epochs or FLAGS.distribute != "none":
-        return []
-    images = _float_images(next(iter(test))[:NUM_PICTURE_IMAGES])
-    return [
-        LatentSummaries(
-            os.path.join(directory, "logs"),
-            images,
-            every_n_epochs=FLAGS.pictures_every_n_epochs,
-            seed=FLAGS.seed,
-        )
-    ]
-
-
-def _float_images(images):
-    import numpy as np
-
-    images = np.asarray(images)
-    if images.dtype == np.uint8:
-        return images.astype(np.float32) / 255.0
-    return images.astype(np.float32)
-
-
-def write_images(model, test, directory):
-    """Write samples.png (8x8 prior samples) and reconstructions.png (inputs over outputs)."""
-    import numpy as np
-
-    inputs = _float_images(next(iter(test))[:NUM_RECONSTRUCTIONS])
-    outputs = np.asarray(model.reconstruct(inputs))
-    write_png(
-        os.path.join(directory, "reconstructions.png"),
-        image_grid(np.concatenate([inputs, outputs]), columns=len(inputs)),
-    )
-    samples = model.sample(NUM_SAMPLES, temperature=FLAGS.temperature, seed=FLAGS.seed)
-    write_png(
-        os.path.join(directory, "samples.png"),
-        image_grid(np.asarray(samples), columns=int(math.sqrt(NUM_SAMPLES))),
-    )
-
-
 def log_training_start(model, config, steps, replicas, directory):
     """Log what is trained on what, for how long, and where the results go."""
     parameters = sum(math.prod(weight.shape) for weight in model.trainable_weights)
@@ -484,14 +436,16 @@ def train():
             jit_compile="auto" if FLAGS.jit_compile is None else FLAGS.jit_compile,
         )
     log_training_start(model, config, steps, replicas, directory)
-    callbacks = make_callbacks(directory) + picture_callbacks(test_data, directory)
+    every = 0 if FLAGS.distribute != "none" else FLAGS.pictures_every_n_epochs
+    pictures = picture_callbacks(test_data, directory, every, FLAGS.seed)
+    callbacks = make_callbacks(directory) + pictures
     start = time.time()
     history = fit(model, train_data, test_data, steps, directory, callbacks)
     train_seconds = time.time() - start
 
     metrics = evaluate_metrics(model, history, test_data, config, steps, train_seconds)
     if is_chief:
-        write_images(model, test_data, directory)
+        write_images(model, test_data, directory, FLAGS.temperature, FLAGS.seed)
         try:
             atomic_files.write_json(os.path.join(directory, "metrics.json"), metrics)
         except OSError as error:
