@@ -73,7 +73,9 @@ def _library_files():
 
 
 def _function_source(name, body_lines, decorators=0, docstring_lines=0):
-    docstring = '    """\n' + "    doc\n" * (docstring_lines - 2) + '    """\n' if docstring_lines else ""
+    docstring = ""
+    if docstring_lines:
+        docstring = '    """\n' + "    doc\n" * (docstring_lines - 2) + '    """\n'
     body = "\n".join(f"    x{i} = {i}" for i in range(body_lines - 1))
     return "@staticmethod\n" * decorators + f"def {name}():\n{docstring}{body}\n"
 
@@ -90,7 +92,8 @@ def test_checker_flags_a_function_one_line_over_the_limit():
         "too_long", MAX_FUNCTION_LINES + 1
     )
     assert oversized_definitions(source, "m.py") == [
-        f"m.py:{MAX_FUNCTION_LINES + 1} function too_long: {MAX_FUNCTION_LINES + 1} lines (limit 60)"
+        f"m.py:{MAX_FUNCTION_LINES + 1} function too_long: "
+        f"{MAX_FUNCTION_LINES + 1} lines (limit 60)"
     ]
 
 
