@@ -20,6 +20,7 @@ import numpy as np
 from keras_nvae import NVAE
 from keras_nvae.official import convert
 from keras_nvae.official.parity import relative_error
+from keras_nvae.training.checkpoint_store import state_variables
 
 FIXTURE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 REFERENCE_NAMES = ("mnist", "cifar")
@@ -62,16 +63,12 @@ def noise_seed_state(model):
 
 # ---------------------------------------------------------------------- state
 def model_state(model):
-    """Copies of every variable of `model` and, once built, of its optimizer.
+    """Copies of `state_variables(model)`: every variable of `model` and of its optimizer.
 
     That is the weights, BN statistics, power-iteration vectors, seed-generator state, step
     counters, metric accumulators and optimizer slots, as a list of (path, NumPy copy).
     """
-    variables = list(model.variables)
-    optimizer = getattr(model, "optimizer", None)
-    if optimizer is not None and optimizer.built:
-        variables += list(optimizer.variables)
-    return [(v.path, np.array(v.numpy(), copy=True)) for v in variables]
+    return [(v.path, np.array(v.numpy(), copy=True)) for v in state_variables(model)]
 
 
 def assert_state_unchanged(model, before):

@@ -248,7 +248,7 @@ def test_sigterm_saves_mid_epoch_and_the_resumed_run_ends_like_an_uninterrupted_
     # interrupted and resumed.
     keras.utils.set_random_seed(1)
     model = _compiled_tiny()
-    variables = checkpoint_store._state_variables(model)
+    variables = checkpoint_store.state_variables(model, include_metrics=False)
     initial = [variable.numpy() for variable in variables]
     reference_history = _train(model, tmp_path / "reference")
     assert int(model.global_step.numpy()) == EPOCHS * STEPS_PER_EPOCH

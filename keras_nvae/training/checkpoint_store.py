@@ -190,15 +190,28 @@ class CheckpointStore:
 
 
 # ------------------------------------------------------------------ training state
-def _metric_variables(model):
+def metric_variables(model):
+    """The accumulators of `model`'s metrics."""
     return [variable for metric in model.metrics for variable in metric.variables]
 
 
-def _state_variables(model):
-    """Every variable of the model and its optimizer except the metrics', without repeats."""
-    skip = {id(variable) for variable in _metric_variables(model)}
+def state_variables(model, include_metrics=True):
+    """The training state of `model`: every variable of it and of its optimizer, without repeats.
+
+    That is the weights, BN statistics, power-iteration vectors, seed-generator state, step
+    counters, optimizer slots and (with `include_metrics`) metric accumulators.
+
+    Args:
+        model: a Keras model (its optimizer, if it has one, is included).
+        include_metrics: whether the metrics' accumulators are included.
+
+    Returns:
+        A list of variables in a fixed order: the model's, then the optimizer's.
+    """
+    skip = set() if include_metrics else {id(variable) for variable in metric_variables(model)}
+    optimizer = getattr(model, "optimizer", None)
     variables = []
-    for variable in list(model.variables) + list(model.optimizer.variables):
+    for variable in list(model.variables) + list(optimizer.variables if optimizer else []):
         if id(variable) not in skip:
             skip.add(id(variable))
             variables.append(variable)

@@ -42,8 +42,8 @@ from keras_nvae.training.atomic_files import save_model
 from keras_nvae.training.checkpoint_store import CheckpointStore
 from keras_nvae.training.checkpoint_store import _assign
 from keras_nvae.training.checkpoint_store import _describe
-from keras_nvae.training.checkpoint_store import _metric_variables
-from keras_nvae.training.checkpoint_store import _state_variables
+from keras_nvae.training.checkpoint_store import metric_variables
+from keras_nvae.training.checkpoint_store import state_variables
 from keras_nvae.training.checkpoint_store import write_failure
 
 
@@ -150,7 +150,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             return False
         arrays, info = loaded
         saved = len(info["variables"])
-        _assign(_state_variables(self.model), arrays[:saved], "state", self.store.directory)
+        _assign(state_variables(self.model, include_metrics=False), arrays[:saved], "state", self.store.directory)
         self._metric_arrays = arrays[saved:] or None
         self.epoch, self.batch, self.history = info["epoch"], info["batch"], info["history"]
         self._cut_step_log(info["step"])
@@ -160,8 +160,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         """Write the current state (with the metrics' totals inside an epoch)."""
         if self.store is None:
             return
-        state = _state_variables(self.model)
-        metrics = _metric_variables(self.model) if self.batch else []
+        state = state_variables(self.model, include_metrics=False)
+        metrics = metric_variables(self.model) if self.batch else []
         arrays = [keras.ops.convert_to_numpy(v) for v in state + metrics]
         info = {
             "epoch": self.epoch,
@@ -175,7 +175,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         if epoch != self.epoch or self.batch == 0:
             self.epoch, self.batch = epoch, 0
         elif self._metric_arrays is not None:  # Resumed inside this epoch.
-            _assign(_metric_variables(self.model), self._metric_arrays, "metric", "the save")
+            _assign(metric_variables(self.model), self._metric_arrays, "metric", "the save")
         self._metric_arrays = None
 
     def on_train_batch_end(self, batch, logs=None):
