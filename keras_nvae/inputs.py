@@ -3,7 +3,6 @@
 import numpy as np
 import tensorflow as tf
 
-from keras_nvae import distributions
 
 
 def unpack_images(data):
@@ -173,7 +172,7 @@ def preprocess_images(images, config):
     x = tf.cast(images, tf.float32)
     if dtype == tf.uint8:
         x = x / 255.0
-    x = distributions.reduce_bits(x, config.num_x_bits)
+    x = reduce_bits(x, config.num_x_bits)
     target = x
     padding = _padding(config)
     if padding:
@@ -312,3 +311,24 @@ def check_num_posterior_groups(num_posterior_groups, num_groups):
             f"groups, from the top, come from the posterior), got {value!r}."
         )
     return int(value)
+
+
+def reduce_bits(x01, num_bits):
+    """Quantises 8-bit images in `[0, 1]` to `num_bits` bits per channel.
+
+    Matches the official code: for `num_bits != 8`,
+    `x = floor(x * 255 / 2 ** (8 - num_bits)) / (2 ** num_bits - 1)`, which
+    keeps the values on the grid `k / (2 ** num_bits - 1)`.
+
+    Args:
+        x01: Float tensor with values `k / 255`.
+        num_bits: Python int in `[1, 8]`.
+
+    Returns:
+        Tensor of the same shape; `x01` itself when `num_bits == 8`.
+    """
+    if num_bits == 8:
+        return x01
+    x01 = tf.convert_to_tensor(x01)
+    x = tf.floor(x01 * 255.0 / 2.0 ** (8 - num_bits))
+    return x / (2.0**num_bits - 1.0)

@@ -2,9 +2,10 @@
 
 import keras
 
+from keras_nvae.network import NVAENetwork
 from keras_nvae.official import legacy
 from keras_nvae import presets as presets_lib
-from keras_nvae.network import NVAENetwork
+from keras_nvae.training import checkpoint_store
 from keras_nvae.training.trainer import NVAETrainer
 
 
@@ -141,7 +142,7 @@ class NVAE(NVAETrainer, NVAENetwork):
             ValueError: the file holds the weights of a model with another
                 configuration; the model is unchanged.
         """
-        variables = self._state_variables()
+        variables = checkpoint_store.state_variables(self)
         saved = [variable.numpy() for variable in variables]
         try:
             super().load_weights(filepath, skip_mismatch=skip_mismatch, **kwargs)
@@ -157,13 +158,6 @@ class NVAE(NVAETrainer, NVAENetwork):
                 "NVAE with that configuration first (a .keras file holds it: "
                 "keras_nvae.loading.load_model). This model is unchanged."
             ) from error
-
-    def _state_variables(self):
-        """Every variable of the model and, once built, of its optimizer."""
-        optimizer = getattr(self, "optimizer", None)
-        if optimizer is None or not optimizer.built:
-            return list(self.variables)
-        return list(self.variables) + list(optimizer.variables)
 
     def load_own_variables(self, store):
         if legacy.is_legacy_store(store):

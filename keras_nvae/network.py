@@ -3,13 +3,13 @@
 import keras
 import tensorflow as tf
 
-from keras_nvae import distributions
-from keras_nvae import inputs as inputs_lib
-from keras_nvae import towers
 from keras_nvae.config import NVAEConfig
+from keras_nvae import distributions
 from keras_nvae.inference.api import NVAEInference
+from keras_nvae import inputs as inputs_lib
 from keras_nvae.layers.conv import Conv2D
 from keras_nvae.layers.initializers import HostUniform
+from keras_nvae import towers
 
 
 class NVAENetwork(NVAEInference, keras.Model):
@@ -107,8 +107,16 @@ class NVAENetwork(NVAEInference, keras.Model):
         return self.config.num_groups
 
     # ------------------------------------------------------------- the towers
-    def _bottom_up(self, x, training):
-        """The bottom-up feature of every group, decoder order."""
+    def bottom_up(self, x, training=False):
+        """Run the encoder tower: the bottom-up feature of every latent group.
+
+        Args:
+            x: preprocessed images in `[0, 1]` (`preprocess_images`), NHWC.
+            training: whether the BN layers run in training mode.
+
+        Returns:
+            One feature tensor per latent group, in decoder order (top group first).
+        """
         h = self.stem(2.0 * x - 1.0)
         for cell in self.pre_process:
             h = cell(h, training=training)
@@ -121,11 +129,19 @@ class NVAENetwork(NVAEInference, keras.Model):
                 features.append(h)
         return features[::-1]
 
-    def _top_down(self, batch_size, latent_fn, training=False, group_fn=None):
-        """Run the decoder; group `index` takes z from `latent_fn(index, group, s)`.
+    def top_down(self, batch_size, latent_fn, training=False, group_fn=None):
+        """Run the decoder tower, taking each group's latent from `latent_fn`.
 
-        `group_fn(index, group, s)`, when given, runs group `index`'s whole
-        step instead (decoder cells, latent, combiner) and returns the state.
+        Args:
+            batch_size: the number of images (int or scalar tensor).
+            latent_fn: `latent_fn(index, group, s) -> z`: the latent of group
+                `index` (its `LatentGroup` and the decoder state `s` before it).
+            training: whether the BN layers run in training mode.
+            group_fn: `group_fn(index, group, s) -> s`, when given, runs group
+                `index`'s whole step instead (decoder cells, latent, combiner).
+
+        Returns:
+            The decoder's output parameters (float32 logits of the likelihood).
         """
         prior = tf.cast(self.prior_ftr0, self.compute_dtype)
         s = tf.tile(prior[None], [batch_size, 1, 1, 1])
@@ -142,14 +158,24 @@ class NVAENetwork(NVAEInference, keras.Model):
             s = cell(s, training=training)
         return tf.cast(self.image_conditional(tf.nn.elu(s)), tf.float32)
 
-    def _forward(self, x, training, noise=None, seeds=None, features=None):
-        """The full forward pass; returns decoder params and per-group terms.
+    def forward_terms(self, x, training=False, noise=None, seeds=None, features=None):
+        """The full forward pass: both towers, with latents drawn from the posteriors.
 
-        `features`: the bottom-up features of `x` when already computed.
+        Args:
+            x: preprocessed images in `[0, 1]` (`preprocess_images`), NHWC.
+            training: whether the BN layers run in training mode.
+            noise: optional standard-normal noise, one tensor per group.
+            seeds: optional `keras_nvae.noise.CallSeeds` for the latent noise.
+            features: the `bottom_up` features of `x` when already computed.
+
+        Returns:
+            A dict: `logits` (decoder parameters), `log_q` and `log_p` (summed
+            over groups), `kl` (per group, shape `(batch, num_groups)`) and
+            `latents` (one tensor per group).
         """
         batch_size = tf.shape(x)[0]
         if features is None:
-            features = self._bottom_up(x, training)
+            features = self.bottom_up(x, training)
         terms = {"latents": [], "log_q": [], "log_p": [], "kl": []}
         eps = self._latent_noise(batch_size, noise, seeds)
 
@@ -159,7 +185,7 @@ class NVAENetwork(NVAEInference, keras.Model):
                 terms[key].append(value)
             return s
 
-        logits = self._top_down(batch_size, None, training=training, group_fn=posterior_step)
+        logits = self.top_down(batch_size, None, training=training, group_fn=posterior_step)
         return {
             "logits": logits,
             "log_q": tf.add_n(terms["log_q"]),
@@ -203,7 +229,7 @@ class NVAENetwork(NVAEInference, keras.Model):
         x, target = self.preprocess_images(inputs)
         if noise is not None:
             noise = inputs_lib.check_noise(noise, self.latent_shapes)
-        out = self._forward(x, training=training, noise=noise)
+        out = self.forward_terms(x, training=training, noise=noise)
         out["recon_nll"] = -self.decoder_distribution(out["logits"]).log_prob(target)
         return out
 

@@ -1,7 +1,7 @@
 """Named NVAE configurations: the paper's (official README commands) and small ones."""
 
-from keras_nvae.data import registry as datasets
 from keras_nvae.config import NVAEConfig
+from keras_nvae.data import registry as datasets
 
 # Shared by every official command: --use_se --res_dist --fast_adamax, res_mbconv,
 # 20 latent channels per group, 10 logistic mixtures.

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_images
+from harness import tiny_images
 from keras_nvae import NVAE
 from keras_nvae import data
 from keras_nvae.inference import evaluation

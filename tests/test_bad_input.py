@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import Reference
-from conftest import assert_state_unchanged
-from conftest import fixed_noise
-from conftest import model_state
-from conftest import tiny_images
+from harness import Reference
+from harness import assert_state_unchanged
+from harness import fixed_noise
+from harness import model_state
+from harness import tiny_images
 from keras_nvae import NVAE
 from keras_nvae import config as config_lib
 from keras_nvae.official import convert

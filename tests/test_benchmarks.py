@@ -147,7 +147,7 @@ def test_find_max_batch_kills_probes_over_the_budget(tmp_path):
 
 
 def test_recomputed_groups_keep_less_for_the_backward_pass_than_recomputed_cells():
-    from conftest import lean_tiny
+    from harness import lean_tiny
 
     breakdown = _load("memory_breakdown")
     spec = tf.TensorSpec((2, 8, 8, 3), tf.uint8)

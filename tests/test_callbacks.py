@@ -53,7 +53,7 @@ def test_latent_summaries_write_pictures_and_kl_and_keep_bn(tmp_path):
         _, samples = _image(events, f"samples/temperature_{temperature}")
         assert samples.shape == (2 * 17 + 1, 2 * 17 + 1, 3)
     x, _ = model.preprocess_images(images)
-    kl = model._forward(x, False, seeds=noise.CallSeeds(1))["kl"].numpy().mean(0)
+    kl = model.forward_terms(x, False, seeds=noise.CallSeeds(1))["kl"].numpy().mean(0)
     for group, value in enumerate(kl):
         (event,) = events.Tensors(f"kl/group_{group}")
         assert float(tf.make_ndarray(event.tensor_proto)) == pytest.approx(value, rel=1e-5)

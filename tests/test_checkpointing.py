@@ -1,6 +1,6 @@
-"""Tests for keras_nvae.checkpointing: atomic files, the save store (corrupt-latest fallback,
-keeping two saves, write failures) and an in-process mid-epoch resume after SIGTERM that must end
-where an uninterrupted run ends."""
+"""Tests for keras_nvae.training.atomic_files, checkpoint_store and checkpointing: atomic files,
+the save store (corrupt-latest fallback, keeping two saves, write failures) and an in-process
+mid-epoch resume after SIGTERM that must end where an uninterrupted run ends."""
 
 import errno
 import json
@@ -11,10 +11,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import lean_tiny
+from harness import lean_tiny
 
+from keras_nvae.training import atomic_files
+from keras_nvae.training import checkpoint_store
 from keras_nvae.training import checkpointing
-from keras_nvae.training.checkpointing import CheckpointStore
+from keras_nvae.training.checkpoint_store import CheckpointStore
 
 # Resumed and uninterrupted runs must agree to this relative difference per tensor (the issue's
 # bound); on CPU the same ops on the same values give the same bits, so they agree exactly.
@@ -28,16 +30,16 @@ def max_relative_difference(a, b):
 
 # ---------------------------------------------------------------- atomic files
 def test_temporary_path_keeps_the_extension():
-    assert checkpointing.temporary_path("/r/model.keras") == "/r/model.tmp.keras"
-    assert checkpointing.temporary_path("/r/a.weights.h5") == "/r/a.tmp.weights.h5"
-    assert checkpointing.temporary_path("metrics.json") == "metrics.tmp.json"
+    assert atomic_files.temporary_path("/r/model.keras") == "/r/model.tmp.keras"
+    assert atomic_files.temporary_path("/r/a.weights.h5") == "/r/a.tmp.weights.h5"
+    assert atomic_files.temporary_path("metrics.json") == "metrics.tmp.json"
 
 
 def test_atomic_write_replaces_only_a_complete_file(tmp_path):
     path = str(tmp_path / "metrics.json")
-    checkpointing.write_json(path, {"a": 1})
+    atomic_files.write_json(path, {"a": 1})
     with pytest.raises(RuntimeError, match="mid-write"):
-        with checkpointing.atomic_write(path, "w") as file:
+        with atomic_files.atomic_write(path, "w") as file:
             file.write('{"a": 2, "trunc')
             raise RuntimeError("mid-write")
     with open(path) as file:
@@ -102,7 +104,7 @@ def test_no_intact_save_is_an_error_saying_what_to_do(tmp_path):
     _save(store, 2)
     (tmp_path / "state-0000000002.npz").write_bytes(b"")
     with pytest.warns(RuntimeWarning, match="no older save is left"):
-        with pytest.raises(checkpointing.CheckpointError, match="delete that folder"):
+        with pytest.raises(checkpoint_store.CheckpointError, match="delete that folder"):
             store.load_latest()
 
 
@@ -116,7 +118,7 @@ def test_a_kill_before_the_rename_leaves_the_previous_save_in_use(tmp_path, monk
     def die(temporary, path):
         raise Killed  # What SIGKILL between writing and renaming leaves behind, in-process.
 
-    monkeypatch.setattr(checkpointing, "_commit", die)
+    monkeypatch.setattr(atomic_files, "_commit", die)
     with pytest.raises(Killed):
         _save(store, 4)
     monkeypatch.undo()
@@ -173,10 +175,10 @@ def test_a_failed_save_explains_itself_and_changes_nothing(
         file.write(b"PK\x03\x04 half an archive")
         raise error
 
-    monkeypatch.setattr(checkpointing, "_write_arrays", failing_writer)
+    monkeypatch.setattr(checkpoint_store, "_write_arrays", failing_writer)
     model.global_step.assign(3)
     try:
-        with pytest.raises(checkpointing.CheckpointWriteError, match=message):
+        with pytest.raises(checkpoint_store.CheckpointWriteError, match=message):
             callback.save()
     finally:
         model.global_step.assign(0)
@@ -197,7 +199,7 @@ def test_a_save_of_another_model_is_refused_clearly(compiled_tiny, tmp_path):
     store.save(0, [np.zeros(3, np.float32)], info)
     callback = checkpointing.TrainingCheckpoint(store, steps_per_epoch=5, every_n_steps=1)
     callback.set_model(compiled_tiny)
-    with pytest.raises(checkpointing.CheckpointError, match="saved by a different model"):
+    with pytest.raises(checkpoint_store.CheckpointError, match="saved by a different model"):
         callback.restore()
 
 
@@ -246,7 +248,7 @@ def test_sigterm_saves_mid_epoch_and_the_resumed_run_ends_like_an_uninterrupted_
     # interrupted and resumed.
     keras.utils.set_random_seed(1)
     model = _compiled_tiny()
-    variables = checkpointing._state_variables(model)
+    variables = checkpoint_store.state_variables(model, include_metrics=False)
     initial = [variable.numpy() for variable in variables]
     reference_history = _train(model, tmp_path / "reference")
     assert int(model.global_step.numpy()) == EPOCHS * STEPS_PER_EPOCH

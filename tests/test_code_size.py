@@ -1,9 +1,11 @@
-"""Size limits of the library code: no class over 400 lines, no function over 80 lines.
+"""Size limits of the library code: modules <= 500 lines, classes <= 400, functions <= 60.
 
-The limits apply to every `.py` file under `keras_nvae/` and `trainers/`. A definition's length is
-`end_lineno - lineno + 1` as `ast` reports them: from its `def`/`class` line to its last line,
-docstring and nested definitions included, decorators excluded (in Python >= 3.8 `lineno` is the
-line of the `def`/`class` keyword, not of the first decorator).
+The limits apply to every `.py` file under `keras_nvae/` and `trainers/`. A module's length is
+its number of lines. A class's length is `end_lineno - lineno + 1` as `ast` reports it: from its
+`class` line to its last line, docstring and methods included, decorators excluded (in Python
+>= 3.8 `lineno` is the line of the `def`/`class` keyword, not of the first decorator). A
+function's length is counted the same way without its docstring: the Args/Returns/Example
+documentation of a public function does not count against the code it may hold.
 """
 
 import ast
@@ -14,13 +16,25 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("keras_nvae", "trainers")
+MAX_MODULE_LINES = 500
 MAX_CLASS_LINES = 400
-MAX_FUNCTION_LINES = 80
+MAX_FUNCTION_LINES = 60
 _FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
 
 
+def _docstring_lines(node):
+    first = node.body[0] if node.body else None
+    if (
+        isinstance(first, ast.Expr)
+        and isinstance(first.value, ast.Constant)
+        and isinstance(first.value.value, str)
+    ):
+        return first.end_lineno - first.lineno + 1
+    return 0
+
+
 def oversized_definitions(source, filename):
-    """Lists the classes and functions of `source` that exceed the limits.
+    """Lists the module, classes and functions of `source` that exceed the limits.
 
     Args:
         source: Python source text.
@@ -30,14 +44,20 @@ def oversized_definitions(source, filename):
         A list of `"filename:line kind name: N lines (limit L)"` strings, in source order.
     """
     offenders = []
+    module_lines = len(source.splitlines())
+    if module_lines > MAX_MODULE_LINES:
+        offenders.append(
+            (0, f"{filename}:1 module: {module_lines} lines (limit {MAX_MODULE_LINES})")
+        )
     for node in ast.walk(ast.parse(source, filename=filename)):
         if isinstance(node, ast.ClassDef):
             kind, limit = "class", MAX_CLASS_LINES
+            length = node.end_lineno - node.lineno + 1
         elif isinstance(node, _FUNCTIONS):
             kind, limit = "function", MAX_FUNCTION_LINES
+            length = node.end_lineno - node.lineno + 1 - _docstring_lines(node)
         else:
             continue
-        length = node.end_lineno - node.lineno + 1
         if length > limit:
             message = f"{filename}:{node.lineno} {kind} {node.name}: {length} lines (limit {limit})"
             offenders.append((node.lineno, message))
@@ -52,33 +72,48 @@ def _library_files():
                     yield os.path.join(directory, name)
 
 
-def _function_source(name, body_lines, decorators=0):
+def _function_source(name, body_lines, decorators=0, docstring_lines=0):
+    docstring = ""
+    if docstring_lines:
+        docstring = '    """\n' + "    doc\n" * (docstring_lines - 2) + '    """\n'
     body = "\n".join(f"    x{i} = {i}" for i in range(body_lines - 1))
-    return "@staticmethod\n" * decorators + f"def {name}():\n{body}\n"
+    return "@staticmethod\n" * decorators + f"def {name}():\n{docstring}{body}\n"
 
 
 def test_library_files_are_found():
     files = [os.path.relpath(path, ROOT) for path in _library_files()]
     assert os.path.join("keras_nvae", "network.py") in files
     assert os.path.join("keras_nvae", "cli", "train.py") in files
+    assert os.path.join("trainers", "train.py") in files
 
 
 def test_checker_flags_a_function_one_line_over_the_limit():
-    source = _function_source("fits", MAX_FUNCTION_LINES) + _function_source("too_long", MAX_FUNCTION_LINES + 1)
+    source = _function_source("fits", MAX_FUNCTION_LINES) + _function_source(
+        "too_long", MAX_FUNCTION_LINES + 1
+    )
     assert oversized_definitions(source, "m.py") == [
-        f"m.py:{MAX_FUNCTION_LINES + 1} function too_long: {MAX_FUNCTION_LINES + 1} lines (limit 80)"
+        f"m.py:{MAX_FUNCTION_LINES + 1} function too_long: "
+        f"{MAX_FUNCTION_LINES + 1} lines (limit 60)"
     ]
 
 
-def test_checker_excludes_decorators_and_counts_methods_and_classes():
-    decorated = _function_source("decorated", MAX_FUNCTION_LINES, decorators=3)
+def test_checker_excludes_decorators_and_docstrings_and_counts_methods_and_classes():
+    decorated = _function_source("decorated", MAX_FUNCTION_LINES, decorators=3, docstring_lines=20)
     assert oversized_definitions(decorated, "m.py") == []
     method = textwrap.indent(_function_source("method", MAX_FUNCTION_LINES + 1), "    ")
     filler = "".join(f"    a{i} = {i}\n" for i in range(MAX_CLASS_LINES - MAX_FUNCTION_LINES - 1))
     source = "class Big:\n" + method + filler
     assert oversized_definitions(source, "m.py") == [
         f"m.py:1 class Big: {MAX_CLASS_LINES + 1} lines (limit 400)",
-        f"m.py:2 function method: {MAX_FUNCTION_LINES + 1} lines (limit 80)",
+        f"m.py:2 function method: {MAX_FUNCTION_LINES + 1} lines (limit 60)",
+    ]
+
+
+def test_checker_flags_a_module_one_line_over_the_limit():
+    fits = "x = 0\n" * MAX_MODULE_LINES
+    assert oversized_definitions(fits, "m.py") == []
+    assert oversized_definitions(fits + "y = 1\n", "m.py") == [
+        f"m.py:1 module: {MAX_MODULE_LINES + 1} lines (limit 500)"
     ]
 
 

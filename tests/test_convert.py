@@ -9,14 +9,14 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import OUTPUT_KEYS
-from conftest import PARITY_RTOL
-from conftest import REORDERED_RTOL
-from conftest import Reference
-from conftest import lean_tiny
-from conftest import noise_seed_state
-from conftest import relative_error
-from conftest import tiny_images
+from harness import OUTPUT_KEYS
+from harness import PARITY_RTOL
+from harness import REORDERED_RTOL
+from harness import Reference
+from harness import lean_tiny
+from harness import noise_seed_state
+from harness import relative_error
+from harness import tiny_images
 from keras_nvae.official import convert
 from keras_nvae.model import NVAE
 from keras_nvae.cli import convert as convert_cli

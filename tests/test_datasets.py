@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from keras_nvae import data
 from keras_nvae.official import convert
-from keras_nvae.data import pipeline
+from keras_nvae.data import tfds as tfds_lib
 from keras_nvae.data import registry as datasets
 from keras_nvae.presets import PRESETS, preset_config
 
@@ -215,8 +215,8 @@ def test_converter_accepts_only_official_names(dataset):
 
 # ----------------------------------------------------------- TFDS pipelines
 def test_tfds_pipeline_defaults_are_the_official_transforms():
-    preset = pipeline._TfdsPreset
-    assert pipeline._TFDS_PRESETS == {
+    preset = tfds_lib._TfdsPreset
+    assert tfds_lib._TFDS_PRESETS == {
         "mnist": preset(binarize=True, cache=True),
         "binarized_mnist": preset(already_binary=True, cache=True),
         "cifar10": preset(flip=True, cache=True),
@@ -231,7 +231,7 @@ def test_tfds_pipeline_defaults_are_the_official_transforms():
             },
         ),
     }
-    assert pipeline._TFDS_ALIASES == {
+    assert tfds_lib._TFDS_ALIASES == {
         "celeba64": "celeb_a",
         "celeba_64": "celeb_a",
         "celebahq256": "celeb_a_hq/256",

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import lean_tiny
-from conftest import tiny_images
+from harness import lean_tiny
+from harness import tiny_images
 from keras_nvae import distributions
 from keras_nvae.training import trainer
 from keras_nvae.training.callbacks import ProgressBar

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REORDERED_RTOL
-from conftest import lean_tiny
-from conftest import noise_seed_state
-from conftest import tiny_images
+from harness import REORDERED_RTOL
+from harness import lean_tiny
+from harness import noise_seed_state
+from harness import tiny_images
 
 SERVE_SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "serve_saved_model.py")
 # The serving script's inputs (tests/scripts/serve_saved_model.py).

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from conftest import tiny_images
+from harness import tiny_images
 from keras_nvae.inference import evaluation
 from keras_nvae.inference import fid as fid_lib
 

@@ -32,7 +32,7 @@ RESUME_RTOL = 1e-4
 DRIVER = """
 import os, signal, sys
 import keras
-from keras_nvae.training import checkpointing
+from keras_nvae.training import atomic_files
 from keras_nvae.cli import train
 
 STEP, SIGNAL, COMMIT_STEP = {step}, {signal}, {commit_step}
@@ -46,7 +46,7 @@ class SignalAfterStep(keras.callbacks.Callback):
 
 make_callbacks = train.make_callbacks
 train.make_callbacks = lambda directory: make_callbacks(directory) + [SignalAfterStep()]
-commit = checkpointing._commit
+commit = atomic_files._commit
 
 
 def commit_or_die(temporary, path):
@@ -55,7 +55,7 @@ def commit_or_die(temporary, path):
     commit(temporary, path)
 
 
-checkpointing._commit = commit_or_die
+atomic_files._commit = commit_or_die
 sys.exit(train.main(sys.argv[1:]))
 """
 

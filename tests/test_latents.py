@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import lean_tiny
+from harness import lean_tiny
 from keras_nvae import NVAE
 from keras_nvae.inference import latents
 from keras_nvae import noise as noise_lib
@@ -23,7 +23,7 @@ def tiny():
 
 
 def _logits(model, latent_fn, batch):
-    return model._top_down(batch, latent_fn).numpy()
+    return model.top_down(batch, latent_fn).numpy()
 
 
 # ------------------------------------------------------------ partial posterior
@@ -36,7 +36,7 @@ def test_partial_posterior_takes_top_groups_from_q_and_the_rest_from_p(tiny):
     noise = [np.random.RandomState(i).randn(2, *s).astype("float32")
              for i, s in enumerate(tiny.latent_shapes)]
     got = tiny.reconstruct(x, noise=noise, num_posterior_groups=2, temperature=temperatures)
-    features = tiny._bottom_up(tiny.preprocess_images(x)[0], training=False)
+    features = tiny.bottom_up(tiny.preprocess_images(x)[0], training=False)
 
     def latent_fn(index, group, s):
         if index < 2:
@@ -45,7 +45,7 @@ def test_partial_posterior_takes_top_groups_from_q_and_the_rest_from_p(tiny):
         p = group.prior(s, temperatures[index])
         return p.loc + p.scale * noise[index]
 
-    want = tiny.decoder_distribution(tiny._top_down(2, latent_fn)).mean().numpy()
+    want = tiny.decoder_distribution(tiny.top_down(2, latent_fn)).mean().numpy()
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5)
 
 
@@ -159,7 +159,7 @@ def test_interpolating_some_groups_keeps_x1s_other_groups(tiny):
     # The end of the path: x2's u in groups 0 and 2, x1's in groups 1 and 3.
     mixed = [u2[0], u1[1], u2[2], u1[3]]
     want = tiny.decoder_distribution(
-        tiny._top_down(2, lambda index, group, s: group.sample_prior(s, mixed[index]))
+        tiny.top_down(2, lambda index, group, s: group.sample_prior(s, mixed[index]))
     ).mean().numpy()
     np.testing.assert_allclose(path[1::2], want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(path[0::2], tiny.reconstruct(x1, seed=6).numpy(), atol=1e-4)
@@ -169,7 +169,7 @@ def test_standardized_latents_decode_back_to_the_posterior_sample(tiny):
     x = tiny.preprocess_images(tiny_images(2))[0]
     eps = tiny._latent_noise(2, seeds=noise_lib.CallSeeds(1))
     u = latents.standardized_latents(tiny, x, eps)
-    z = tiny._forward(x, False, seeds=noise_lib.CallSeeds(1))["latents"]
+    z = tiny.forward_terms(x, False, seeds=noise_lib.CallSeeds(1))["latents"]
     # The top group's prior is N(0, 1.01^2).
     np.testing.assert_allclose(u[0].numpy() * 1.01, z[0].numpy(), rtol=1e-5, atol=1e-6)
 

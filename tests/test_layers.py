@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from harness import TestCase
 from keras_nvae import layers
 from keras_nvae.layers.cell_ops import upsample_bilinear_align_corners
 
@@ -178,8 +179,7 @@ def test_residual_cell_is_skip_plus_scaled_branch(cell_type, ops, in_shape, out_
         branch = op(branch, training=False)
     branch = cell.se(branch).numpy()
     np.testing.assert_allclose(y, skip + 0.1 * branch, rtol=1e-5, atol=1e-6)
-    clone = layers.ResidualCell.from_config(cell.get_config())
-    assert clone.get_config() == cell.get_config()
+    TestCase().run_serialization_test(cell)
 
 
 def _batchnorm_train(x):
@@ -280,26 +280,42 @@ def test_combiners():
     np.testing.assert_allclose(dec(b, z).numpy(), expected, rtol=1e-6)
 
 
-@pytest.mark.parametrize(
-    "layer",
-    [
-        layers.Conv2D(4, 3, strides=2, use_bias=True, weight_norm=False),
-        layers.BatchNorm(momentum=0.9),
-        layers.BNSwishConv(8, stride=2),
-        layers.BNSwishConv(8, upsample=True),
-        layers.InvertedResidual(8, expansion=3),
-        layers.InvertedResidual(8, upsample=True),
-        layers.FactorizedReduce(8),
-        layers.UpsampleSkip(8),
-        layers.EncoderCombiner(8),
-        layers.DecoderCombiner(8),
-        layers.SqueezeExcitation(),
-    ],
-)
-def test_get_config_round_trip(layer):
-    clone = type(layer).from_config(layer.get_config())
-    assert clone.get_config() == layer.get_config()
-    assert keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer)).get_config() == layer.get_config()
+class TestLayers(TestCase):
+    @pytest.mark.parametrize(
+        "layer",
+        [
+            layers.Conv2D(4, 3, strides=2, use_bias=True, weight_norm=False),
+            layers.BatchNorm(momentum=0.9),
+            layers.BNSwishConv(8, stride=2),
+            layers.BNSwishConv(8, upsample=True),
+            layers.InvertedResidual(8, expansion=3),
+            layers.InvertedResidual(8, upsample=True),
+            layers.FactorizedReduce(8),
+            layers.UpsampleSkip(8),
+            layers.EncoderCombiner(8),
+            layers.DecoderCombiner(8),
+            layers.SqueezeExcitation(),
+        ],
+    )
+    def test_serialization(self, layer):
+        self.run_serialization_test(layer)
+
+    def test_squeeze_excitation_basics(self):
+        self.run_layer_test(
+            layers.SqueezeExcitation,
+            init_kwargs={},
+            input_data=RNG.randn(2, 4, 4, 16).astype("float32"),
+            expected_output_shape=(2, 4, 4, 16),
+            expected_num_trainable_weights=4,
+        )
+
+    def test_factorized_reduce_basics(self):
+        self.run_layer_test(
+            layers.FactorizedReduce,
+            init_kwargs={"filters": 8},
+            input_data=RNG.randn(2, 8, 8, 4).astype("float32"),
+            expected_output_shape=(2, 4, 4, 8),
+        )
 
 
 def test_batched_spectral_matrices_equal_per_layer_ones():

@@ -5,7 +5,7 @@ import os
 import keras
 import numpy as np
 import pytest
-from conftest import REORDERED_RTOL
+from harness import REORDERED_RTOL
 
 from keras_nvae.official import convert
 from keras_nvae.official.legacy import _LegacyView

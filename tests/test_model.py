@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import fixed_noise
-from conftest import lean_tiny
-from conftest import tiny_images
+from harness import fixed_noise
+from harness import lean_tiny
+from harness import TestCase
+from harness import tiny_images
+from keras_nvae import distributions
+from keras_nvae.presets import preset_config
 from keras_nvae import NVAE, NVAEConfig
 from keras_nvae.layers.conv import spectral_matrices
 
@@ -139,7 +142,7 @@ def test_sample_temperature_scales_prior_noise(tiny):
         latents.append(mu + sigma * noise[index])
         return latents[index]
 
-    expected = tiny._top_down(2, latent_fn)
+    expected = tiny.top_down(2, latent_fn)
     np.testing.assert_allclose(logits.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
 
 
@@ -154,9 +157,18 @@ def test_encode_decode_reconstruct(tiny):
     assert decoded.shape == (2, 16, 16, 3)
 
 
-def test_get_config_round_trip(tiny):
-    clone = NVAE.from_config(tiny.get_config())
-    assert clone.config == tiny.config
+class TestPresets(TestCase):
+    def test_tiny_preset(self):
+        c = preset_config("tiny")
+        logits = distributions.decoder_num_channels(c.likelihood, c.num_channels, c.num_mixtures)
+        self.run_preset_test(
+            "tiny",
+            input_data=tiny_images(2),
+            expected_output_shapes={"logits": (2, 16, 16, logits), "kl": (2, c.num_groups)},
+        )
+
+
+def test_config_dict_and_bad_config(tiny):
     assert NVAE(tiny.config.to_dict()).config == tiny.config
     with pytest.raises(ValueError, match="NVAEConfig or a dict"):
         NVAE("cifar10")
@@ -303,7 +315,7 @@ class _ForwardBuiltNVAE(NVAE):
         c = self.config
         x = tf.zeros((1, c.model_image_size, c.model_image_size, c.num_channels))
         noise = [tf.zeros((1,) + tuple(shape)) for shape in c.latent_shapes]
-        self._forward(x, training=False, noise=noise)
+        self.forward_terms(x, training=False, noise=noise)
 
 
 def _variable_specs(model):

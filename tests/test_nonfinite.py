@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import lean_tiny, tiny_images
+from harness import lean_tiny, tiny_images
 
 from keras_nvae import NVAE
 from keras_nvae.training.step_guard import NonFiniteTrainingError

@@ -15,7 +15,7 @@ pass), samples at temperature 0.7 from recorded noise, the exact spectral norms,
 regulariser, the KL-balancing alphas and the balanced KL at beta 0.5. A Keras model built from the
 same flags and loaded with `keras_nvae.convert` must reproduce those numbers.
 
-Tolerance (`PARITY_RTOL` in `conftest.py`): `max|ours - ref| / max|ref| <= 1e-5` per array. The official code itself, re-run in
+Tolerance (`PARITY_RTOL` in `harness.py`): `max|ours - ref| / max|ref| <= 1e-5` per array. The official code itself, re-run in
 float64 on the same weights, noise and inputs, differs from its float32 outputs by at most 1e-6 of
 each array's largest magnitude (logits ~7e-7, KL ~2e-7, log q ~1e-7); 1e-5 is ten times that, so
 it accepts a correct float32 port with different summation orders while any real discrepancy (a
@@ -32,8 +32,8 @@ import os
 import numpy as np
 import pytest
 
-from conftest import OUTPUT_KEYS
-from conftest import PARITY_RTOL
+from harness import OUTPUT_KEYS
+from harness import PARITY_RTOL
 from keras_nvae.training import objectives
 from keras_nvae.official import parity
 

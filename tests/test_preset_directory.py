@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REORDERED_RTOL
-from conftest import lean_tiny
-from conftest import noise_seed_state
-from conftest import tiny_images
+from harness import REORDERED_RTOL
+from harness import lean_tiny
+from harness import noise_seed_state
+from harness import tiny_images
 from keras_nvae import NVAE
 from keras_nvae import loading
 from keras_nvae import preset_directory

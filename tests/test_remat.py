@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import lean_tiny
+from harness import lean_tiny
 from keras_nvae import NVAEConfig
 from keras_nvae.layers import ResidualCell
 from keras_nvae.layers.latent_group import LatentGroup

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import fixed_noise, lean_tiny, noise_seed_state, tiny_images
+from harness import fixed_noise, lean_tiny, noise_seed_state, tiny_images
 
 from keras_nvae import NVAE
 from keras_nvae.config import NVAEConfig

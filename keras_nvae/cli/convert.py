@@ -30,8 +30,8 @@ from keras_nvae.cli.common import one_line
 from keras_nvae.cli.common import parse_absl_flags
 from keras_nvae.cli.common import run_main
 
-# A private FlagValues (the convention of keras_nvae.cli): importing this program next to the others,
-# which also define e.g. --checkpoint or --output, never clashes; `main` parses it.
+# A private FlagValues (the convention of keras_nvae.cli): importing this program next to the
+# others, which also define e.g. --checkpoint or --output, never clashes; `main` parses it.
 FLAGS = flags.FlagValues()
 flags.DEFINE_string(
     "checkpoint", None, "Official checkpoint.pt, or a .npz export of it.", flag_values=FLAGS

@@ -22,8 +22,8 @@ import sys
 
 from absl import app
 
-from keras_nvae.cli.common import HELP_FLAGS
 from keras_nvae.cli.common import CommandLineError
+from keras_nvae.cli.common import HELP_FLAGS
 from keras_nvae.cli.common import one_line
 from keras_nvae.cli.common import parse_absl_flags
 from keras_nvae.cli.common import program_name

@@ -35,24 +35,22 @@ from absl import flags
 from absl import logging
 
 from keras_nvae.cli.common import CommandLineError
-from keras_nvae.cli.common import image_grid
 from keras_nvae.cli.common import load_dataset
 from keras_nvae.cli.common import one_line
 from keras_nvae.cli.common import parse_absl_flags
 from keras_nvae.cli.common import program_name
 from keras_nvae.cli.common import run_main
-from keras_nvae.cli.common import write_png
+from keras_nvae.cli.pictures import picture_callbacks
+from keras_nvae.cli.pictures import write_images
+from keras_nvae.cli.shared_flags import define_model_and_data_flags
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_string("preset", "digits", "Model preset, one of NVAE.presets.", flag_values=FLAGS)
-flags.DEFINE_string(
-    "dataset",
-    "digits",
-    "Data source for keras_nvae.data.make_dataset: 'digits', a TensorFlow Datasets name "
-    "(e.g. cifar10, mnist), a folder of PNG/JPEG images, or a .npy/.npz file.",
-    flag_values=FLAGS,
+define_model_and_data_flags(
+    FLAGS,
+    eval_split_help="Split used for validation and the final test.",
+    epochs_help="Training epochs (default: the preset's).",
+    override_help="Repeatable.",
 )
-flags.DEFINE_string("data_dir", None, "TensorFlow Datasets data directory.", flag_values=FLAGS)
 flags.DEFINE_bool(
     "download", False, "Let TensorFlow Datasets download and prepare data.", flag_values=FLAGS
 )
@@ -62,12 +60,6 @@ flags.DEFINE_bool(
     "Image folders: leave out empty, truncated, non-image and undecodable files, with a "
     "warning that counts them, instead of stopping with an error that names them.",
     flag_values=FLAGS,
-)
-flags.DEFINE_string(
-    "eval_split", "test", "Split used for validation and the final test.", flag_values=FLAGS
-)
-flags.DEFINE_integer(
-    "epochs", None, "Training epochs (default: the preset's).", lower_bound=1, flag_values=FLAGS
 )
 flags.DEFINE_integer(
     "batch_size",
@@ -85,13 +77,6 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_string(
     "output_dir", None, "Run directory (default: runs/<preset>).", flag_values=FLAGS
-)
-flags.DEFINE_multi_string(
-    "override",
-    [],
-    "NVAEConfig field as key=value (value parsed as JSON, else a string), e.g. "
-    "--override num_channels_enc=32 --override image_shape=[16,16,3]. Repeatable.",
-    flag_values=FLAGS,
 )
 flags.DEFINE_float(
     "learning_rate", None, "Peak learning rate (default: the preset's).", flag_values=FLAGS
@@ -198,11 +183,6 @@ flags.DEFINE_integer(
     lower_bound=1,
     flag_values=FLAGS,
 )
-
-NUM_SAMPLES = 64
-NUM_RECONSTRUCTIONS = 16
-NUM_PICTURE_IMAGES = 8
-
 
 def make_config():
     """The preset's `NVAEConfig` with the flags' overrides applied."""
@@ -345,6 +325,7 @@ def fit(model, train_data, test_data, steps, directory, callbacks):
         CommandLineError: the training state cannot be saved or restored, or too many
             consecutive steps were non-finite.
     """
+    from keras_nvae.training import checkpoint_store
     from keras_nvae.training import checkpointing
     from keras_nvae.training.step_guard import NonFiniteTrainingError
 
@@ -369,54 +350,11 @@ def fit(model, train_data, test_data, steps, directory, callbacks):
             verbose=1 if sys.stdout.isatty() else 2,
         )
     except (
-        checkpointing.CheckpointError,
-        checkpointing.CheckpointWriteError,
+        checkpoint_store.CheckpointError,
+        checkpoint_store.CheckpointWriteError,
         NonFiniteTrainingError,
     ) as error:
         raise CommandLineError(one_line(error)) from None
-
-
-def picture_callbacks(test, directory):
-    """The `LatentSummaries` callback of --pictures_every_n_epochs (none when 0 or distributed)."""
-    from keras_nvae.training.callbacks import LatentSummaries
-
-    if not FLAGS.pictures_every_n_epochs or FLAGS.distribute != "none":
-        return []
-    images = _float_images(next(iter(test))[:NUM_PICTURE_IMAGES])
-    return [
-        LatentSummaries(
-            os.path.join(directory, "logs"),
-            images,
-            every_n_epochs=FLAGS.pictures_every_n_epochs,
-            seed=FLAGS.seed,
-        )
-    ]
-
-
-def _float_images(images):
-    import numpy as np
-
-    images = np.asarray(images)
-    if images.dtype == np.uint8:
-        return images.astype(np.float32) / 255.0
-    return images.astype(np.float32)
-
-
-def write_images(model, test, directory):
-    """Write samples.png (8x8 prior samples) and reconstructions.png (inputs over outputs)."""
-    import numpy as np
-
-    inputs = _float_images(next(iter(test))[:NUM_RECONSTRUCTIONS])
-    outputs = np.asarray(model.reconstruct(inputs))
-    write_png(
-        os.path.join(directory, "reconstructions.png"),
-        image_grid(np.concatenate([inputs, outputs]), columns=len(inputs)),
-    )
-    samples = model.sample(NUM_SAMPLES, temperature=FLAGS.temperature, seed=FLAGS.seed)
-    write_png(
-        os.path.join(directory, "samples.png"),
-        image_grid(np.asarray(samples), columns=int(math.sqrt(NUM_SAMPLES))),
-    )
 
 
 def log_training_start(model, config, steps, replicas, directory):
@@ -501,7 +439,7 @@ def train():
     import keras
 
     from keras_nvae import NVAE
-    from keras_nvae.training import checkpointing
+    from keras_nvae.training import atomic_files, checkpoint_store
 
     keras.utils.set_random_seed(FLAGS.seed)
     keras.mixed_precision.set_global_policy(
@@ -519,19 +457,21 @@ def train():
             jit_compile="auto" if FLAGS.jit_compile is None else FLAGS.jit_compile,
         )
     log_training_start(model, config, steps, replicas, directory)
-    callbacks = make_callbacks(directory) + picture_callbacks(test_data, directory)
+    every = 0 if FLAGS.distribute != "none" else FLAGS.pictures_every_n_epochs
+    pictures = picture_callbacks(test_data, directory, every, FLAGS.seed)
+    callbacks = make_callbacks(directory) + pictures
     start = time.time()
     history = fit(model, train_data, test_data, steps, directory, callbacks)
     train_seconds = time.time() - start
 
     metrics = evaluate_metrics(model, history, test_data, config, steps, train_seconds)
     if is_chief:
-        write_images(model, test_data, directory)
+        write_images(model, test_data, directory, FLAGS.temperature, FLAGS.seed)
         try:
-            checkpointing.write_json(os.path.join(directory, "metrics.json"), metrics)
+            atomic_files.write_json(os.path.join(directory, "metrics.json"), metrics)
         except OSError as error:
             raise CommandLineError(
-                one_line(checkpointing.write_failure("metrics.json", directory, error))
+                one_line(checkpoint_store.write_failure("metrics.json", directory, error))
             ) from None
         logging.info(
             "Wrote %s{model.keras, samples.png, reconstructions.png, metrics.json}; "
@@ -539,7 +479,7 @@ def train():
             os.path.join(directory, ""),
             os.path.join(directory, "logs"),
         )
-    checkpointing.CheckpointStore(os.path.join(directory, "checkpoints")).clear()
+    checkpoint_store.CheckpointStore(os.path.join(directory, "checkpoints")).clear()
     test = metrics["test"]
     print(
         f"test bits/dim: {test['iw_bpd']:.4f} (IW, K={FLAGS.eval_samples}; "

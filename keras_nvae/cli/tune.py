@@ -40,10 +40,7 @@ import functools
 import json
 import math
 import os
-import signal
-import subprocess
 import sys
-import tempfile
 
 from absl import app
 from absl import flags
@@ -51,29 +48,29 @@ from absl import logging
 import keras
 import keras_tuner
 
-from keras_nvae import presets
-from keras_nvae.training import tuning
-from keras_nvae.config import parse_overrides
 from keras_nvae.cli.common import CommandLineError
 from keras_nvae.cli.common import load_dataset
 from keras_nvae.cli.common import one_line
 from keras_nvae.cli.common import parse_absl_flags
 from keras_nvae.cli.common import run_main
+from keras_nvae.cli.shared_flags import define_model_and_data_flags
+from keras_nvae.cli.trial_process import BEST_WEIGHTS
+from keras_nvae.cli.trial_process import INITIAL_WEIGHTS
+from keras_nvae.cli.trial_process import REQUEST
+from keras_nvae.cli.trial_process import RESULT
+from keras_nvae.cli.trial_process import SubprocessHyperModel
+from keras_nvae.config import parse_overrides
+from keras_nvae import presets
+from keras_nvae.training import tuning
 
-# A private FlagValues (the convention of keras_nvae.cli): importing this program next to the others,
-# which also define e.g. --preset or --dataset, never clashes; `main` parses it.
+# A private FlagValues (the convention of keras_nvae.cli): importing this program next to the
+# others, which also define e.g. --preset or --dataset, never clashes; `main` parses it.
 FLAGS = flags.FlagValues()
-flags.DEFINE_string("preset", "digits", "Model preset, one of NVAE.presets.", flag_values=FLAGS)
-flags.DEFINE_string(
-    "dataset",
-    "digits",
-    "Data source for keras_nvae.data.make_dataset: 'digits', a TensorFlow Datasets name, a "
-    "folder of images, or a .npy/.npz file (arrays named 'train' and --eval_split).",
-    flag_values=FLAGS,
-)
-flags.DEFINE_string("data_dir", None, "TensorFlow Datasets data directory.", flag_values=FLAGS)
-flags.DEFINE_string(
-    "eval_split", "test", "Split the objective val_bpd is computed on.", flag_values=FLAGS
+define_model_and_data_flags(
+    FLAGS,
+    eval_split_help="Split the objective val_bpd is computed on.",
+    epochs_help="Epochs per trial (Hyperband: max_epochs); default the preset's.",
+    override_help="Fixed for every trial. Repeatable.",
 )
 flags.DEFINE_enum(
     "tuner", "random", ["random", "hyperband", "bayesian"], "Search algorithm.", flag_values=FLAGS
@@ -82,13 +79,6 @@ flags.DEFINE_integer(
     "max_trials",
     10,
     "Trials to run (random, bayesian; Hyperband runs its brackets).",
-    lower_bound=1,
-    flag_values=FLAGS,
-)
-flags.DEFINE_integer(
-    "epochs",
-    None,
-    "Epochs per trial (Hyperband: max_epochs); default the preset's.",
     lower_bound=1,
     flag_values=FLAGS,
 )
@@ -102,13 +92,6 @@ flags.DEFINE_string(
     "project_name", None, "Sub-folder of --directory (default: the preset).", flag_values=FLAGS
 )
 flags.DEFINE_string("search_space", None, "JSON file of the search space.", flag_values=FLAGS)
-flags.DEFINE_multi_string(
-    "override",
-    [],
-    "NVAEConfig field fixed for every trial, key=value (value parsed as JSON, else a string). "
-    "Repeatable.",
-    flag_values=FLAGS,
-)
 flags.DEFINE_bool(
     "overwrite",
     False,
@@ -344,100 +327,6 @@ def write_outputs(tuner):
           f"results in {directory}", flush=True)
 
 
-_INITIAL_WEIGHTS = "initial.weights.h5"
-_BEST_WEIGHTS = "best.weights.h5"
-_REQUEST = "request.json"
-_RESULT = "result.json"
-
-
-def replay_epochs(model, history_logs, callbacks, initial_epoch):
-    """Give `callbacks` the epoch logs of a trial trained elsewhere.
-
-    KerasTuner's callbacks (best-epoch checkpoint, per-epoch reports) then see
-    the trial as if it had run in this process; `model` holds the best weights.
-
-    Returns:
-        A `keras.callbacks.History` with those logs.
-    """
-    history = keras.callbacks.History()
-    callback_list = keras.callbacks.CallbackList(list(callbacks or []) + [history], model=model)
-    callback_list.on_train_begin()
-    for index in range(len(history_logs.get("loss", []))):
-        logs = {name: values[index] for name, values in history_logs.items()}
-        callback_list.on_epoch_end(initial_epoch + index, logs)
-    callback_list.on_train_end()
-    return history
-
-
-class SubprocessHyperModel(tuning.NVAEHyperModel):
-    """`NVAEHyperModel` whose `fit` trains in a child process (`--run_trial`).
-
-    A child killed by the system (out of memory) is a failed trial instead of
-    the end of the search.
-
-    Args:
-        trial_command: the child's command line (see `trial_command`);
-            `--run_trial=<folder>` is appended per trial.
-        preset: name of a built-in preset.
-        **kwargs: the other `NVAEHyperModel` arguments.
-
-    Example:
-    ```python
-    hypermodel = SubprocessHyperModel(trial_command(["--preset=tiny"]), "tiny")
-    ```
-    """
-
-    def __init__(self, trial_command, preset, **kwargs):
-        super().__init__(preset, **kwargs)
-        self.trial_command = list(trial_command)
-
-    def fit(self, hp, model, *args, **kwargs):
-        with tempfile.TemporaryDirectory(prefix="nvae_trial_") as work:
-            model.save_weights(os.path.join(work, _INITIAL_WEIGHTS))
-            initial_epoch = kwargs.get("initial_epoch", 0)
-            with open(os.path.join(work, _REQUEST), "w") as file:
-                json.dump(
-                    {
-                        "hyperparameters": hp.get_config(),
-                        "epochs": kwargs.get("epochs", 1),
-                        "initial_epoch": initial_epoch,
-                    },
-                    file,
-                )
-            result = run_child(self.trial_command, work)
-            model.load_weights(os.path.join(work, _BEST_WEIGHTS))
-        return replay_epochs(model, result["history"], kwargs.get("callbacks"), initial_epoch)
-
-
-def run_child(command, work):
-    """Run `command --run_trial=work`; returns the trial's result.
-
-    Raises:
-        keras_tuner.errors.FailedTrialError: the child was killed, crashed or
-            reported a failed trial.
-    """
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    for name in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"):
-        env.pop(name, None)
-    status = subprocess.run([*command, f"--run_trial={work}"], env=env).returncode
-    if status < 0:
-        raise keras_tuner.errors.FailedTrialError(
-            f"the trial's process was killed by {signal.Signals(-status).name} "
-            "(out of memory?)."
-        )
-    path = os.path.join(work, _RESULT)
-    if status != 0 or not os.path.exists(path):
-        raise keras_tuner.errors.FailedTrialError(
-            f"the trial's process exited with status {status}; see its log above."
-        )
-    with open(path) as file:
-        result = json.load(file)
-    if "failed" in result:
-        raise keras_tuner.errors.FailedTrialError(result["failed"])
-    return result
-
-
 def run_trial(work, hypermodel):
     """Child process: train the trial described in `work`, write its result there.
 
@@ -445,12 +334,12 @@ def run_trial(work, hypermodel):
         work: the folder `SubprocessHyperModel.fit` prepared.
         hypermodel: the in-process `NVAEHyperModel` of the flags.
     """
-    with open(os.path.join(work, _REQUEST)) as file:
+    with open(os.path.join(work, REQUEST)) as file:
         request = json.load(file)
     hp = keras_tuner.HyperParameters.from_config(request["hyperparameters"])
     train, validation = make_datasets(hypermodel.base_config)
     checkpoint = keras.callbacks.ModelCheckpoint(
-        os.path.join(work, _BEST_WEIGHTS),
+        os.path.join(work, BEST_WEIGHTS),
         monitor=OBJECTIVE,
         mode="min",
         save_best_only=True,
@@ -458,7 +347,7 @@ def run_trial(work, hypermodel):
     )
     try:
         model = hypermodel.build(hp)
-        model.load_weights(os.path.join(work, _INITIAL_WEIGHTS))
+        model.load_weights(os.path.join(work, INITIAL_WEIGHTS))
         history = hypermodel.fit(
             hp,
             model,
@@ -477,7 +366,7 @@ def run_trial(work, hypermodel):
         }
     except keras_tuner.errors.FailedTrialError as error:
         result = {"failed": str(error)}
-    with open(os.path.join(work, _RESULT), "w") as file:
+    with open(os.path.join(work, RESULT), "w") as file:
         json.dump(result, file)
 
 

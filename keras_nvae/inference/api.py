@@ -4,8 +4,8 @@ import math
 
 import tensorflow as tf
 
-from keras_nvae import inputs as inputs_lib
 from keras_nvae.inference import latents as latents_lib
+from keras_nvae import inputs as inputs_lib
 from keras_nvae import noise as noise_lib
 
 # The activation memory of one importance-sampling pass when its size is not given.
@@ -20,7 +20,7 @@ class NVAEInference:
     from the posterior (`reconstruct`), interpolates between images in latent
     space (`interpolate`) and estimates log-likelihoods (`log_likelihood`),
     with the randomness of `keras_nvae.noise`. It uses the network's towers
-    (`_bottom_up`, `_top_down`, `_forward`), `preprocess_images`,
+    (`bottom_up`, `top_down`, `forward_terms`), `preprocess_images`,
     `decoder_distribution` and `seed_generator`.
     """
 
@@ -99,7 +99,7 @@ class NVAEInference:
         """
         temperatures = inputs_lib.check_temperature(temperature, self.num_groups)
         eps = self._latent_noise(num_samples, noise, _call_seeds(seed))
-        return self._top_down(
+        return self.top_down(
             num_samples,
             lambda index, group, s: group.sample_prior(s, eps(index), temperatures[index]),
             training=training,
@@ -120,14 +120,14 @@ class NVAEInference:
         x, _ = self.preprocess_images(images)
         if noise is not None:
             noise = inputs_lib.check_noise(noise, self.latent_shapes)
-        return self._forward(x, False, noise, noise_lib.CallSeeds(seed))["latents"]
+        return self.forward_terms(x, False, noise, noise_lib.CallSeeds(seed))["latents"]
 
     def decode(self, latents, output="mean", seed=None):
         """Decode given latents (one tensor per group, decoder order) to images;
         `seed` (an int) fixes the pixel samples of `output="sample"`."""
         inputs_lib.check_output(output)
         latents = inputs_lib.check_noise(latents, self.latent_shapes)
-        logits = self._top_down(tf.shape(latents[0])[0], lambda index, _, s: latents[index])
+        logits = self.top_down(tf.shape(latents[0])[0], lambda index, _, s: latents[index])
         return self._images_from_logits(logits, output, noise_lib.CallSeeds(seed))
 
     def reconstruct(
@@ -348,12 +348,12 @@ class NVAEInference:
         copies = tf.minimum(tf.maximum(1, images_per_pass // batch_size), num_samples)
         num_passes = (num_samples + copies - 1) // copies
         # With BN in inference mode the bottom-up pass does not depend on the noise.
-        features = [tf.repeat(f, copies, axis=0) for f in self._bottom_up(x, training=False)]
+        features = [tf.repeat(f, copies, axis=0) for f in self.bottom_up(x, training=False)]
         x, target = tf.repeat(x, copies, axis=0), tf.repeat(target, copies, axis=0)
         seeds = noise_lib.CallSeeds(seed)
 
         def one_pass(index, total):
-            out = self._forward(x, False, seeds=seeds.folded(index), features=features)
+            out = self.forward_terms(x, False, seeds=seeds.folded(index), features=features)
             log_p_x = self.decoder_distribution(out["logits"]).log_prob(target)
             log_w = tf.reshape(log_p_x + out["log_p"] - out["log_q"], (-1, copies))
             drawn = index * copies + tf.range(copies)
@@ -373,7 +373,7 @@ def _graph_activation_bytes(model):
     """The floating-point op outputs of a traced batch-1 likelihood pass, in bytes."""
 
     def one_pass(x):
-        out = model._forward(x, training=False)
+        out = model.forward_terms(x, training=False)
         return model.decoder_distribution(out["logits"]).log_prob(
             inputs_lib.crop_padding(x, model.config)
         )

@@ -28,14 +28,14 @@ def partial_posterior_logits(network, x, num_posterior_groups, temperatures, eps
         The decoder parameters, NHWC.
     """
     batch_size = tf.shape(x)[0]
-    features = network._bottom_up(x, training=False) if num_posterior_groups else None
+    features = network.bottom_up(x, training=False) if num_posterior_groups else None
 
     def latent(index, group, s):
         if index < num_posterior_groups:
             return group.sample_posterior(features[index], s, eps(index))[0]
         return group.sample_prior(s, eps(index), temperatures[index])
 
-    return network._top_down(batch_size, latent)
+    return network.top_down(batch_size, latent)
 
 
 def standardized_latents(network, x, eps):
@@ -58,7 +58,7 @@ def standardized_latents(network, x, eps):
         A list of (batch, h, w, c) tensors, decoder order.
     """
     batch_size = tf.shape(x)[0]
-    features = network._bottom_up(x, training=False)
+    features = network.bottom_up(x, training=False)
     standardized = []
 
     def latent(index, group, s):
@@ -67,7 +67,7 @@ def standardized_latents(network, x, eps):
         standardized.append((z - prior.loc) / prior.scale)
         return z
 
-    network._top_down(batch_size, latent)
+    network.top_down(batch_size, latent)
     return standardized
 
 
@@ -190,6 +190,6 @@ def interpolation_logits(network, x1, x2, num_steps, groups, mode, eps):
         else:
             path.append(tf.repeat(a, num_steps, axis=0))
     batch_size = tf.shape(x1)[0] * num_steps
-    return network._top_down(
+    return network.top_down(
         batch_size, lambda index, group, s: group.sample_prior(s, path[index])
     )

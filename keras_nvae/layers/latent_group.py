@@ -4,9 +4,9 @@ import keras
 import tensorflow as tf
 
 from keras_nvae import distributions
-from keras_nvae.layers.flows import PairedIAFCell
 from keras_nvae.layers.combiners import DecoderCombiner, EncoderCombiner
 from keras_nvae.layers.conv import Conv2D
+from keras_nvae.layers.flows import PairedIAFCell
 from keras_nvae.layers.remat import rematerialize
 from keras_nvae.layers.residual_cell import ResidualCell
 

@@ -20,12 +20,12 @@ import re
 
 import numpy as np
 
-from keras_nvae.data import registry as datasets
-from keras_nvae.official import layout as official_layout
 from keras_nvae.config import ARCHITECTURES, NVAEConfig
+from keras_nvae.data import registry as datasets
 from keras_nvae.layers.cell_ops import BNSwishConv, InvertedResidual
 from keras_nvae.layers.combiners import DecoderCombiner, EncoderCombiner
 from keras_nvae.layers.skips import FactorizedReduce, UpsampleSkip
+from keras_nvae.official import layout as official_layout
 
 # official --dataset value -> registry entry
 _OFFICIAL_DATASETS = {

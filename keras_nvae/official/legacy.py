@@ -8,13 +8,12 @@ old file is read through a view of the model that has the old attributes and
 the old order, then handed on to Keras in the current layout.
 """
 
-import io
 import warnings
 
 import keras
 import numpy as np
-from keras.src.saving import saving_lib
 
+from keras_nvae import compat
 from keras_nvae.official import layout as official_layout
 from keras_nvae.training.optimizers import NVAEAdamax
 
@@ -68,11 +67,10 @@ def load_legacy_weights(model, store):
         store: the Keras H5 weights store of the file.
     """
     view = _LegacyView(model)
-    saving_lib._load_state(view, store, None, inner_path="", visited_saveables=set())
+    compat.load_state(view, store)
     if model.optimizer is not None and "optimizer" in store.h5_file:
         _load_legacy_optimizer(model, view.trainable_variables, store.h5_file["optimizer/vars"])
-    current = saving_lib.H5IOStore(io.BytesIO(), mode="w")
-    saving_lib._save_state(model, current, None, inner_path="", visited_saveables=set())
+    current = compat.in_memory_store_of(model)
     store.h5_file = current.h5_file
     store.legacy_source = current
     store.get("")  # The store reads the root's own variables next.

@@ -162,7 +162,7 @@ class LatentSummaries(keras.callbacks.Callback):
 
     def _write_kl(self):
         x, _ = self.model.preprocess_images(self.images)
-        kl = self.model._forward(x, False, seeds=noise.CallSeeds(self.seed))["kl"]
+        kl = self.model.forward_terms(x, False, seeds=noise.CallSeeds(self.seed))["kl"]
         per_group = tf.reduce_mean(kl, axis=0)
         for index, value in enumerate(per_group.numpy()):
             tf.summary.scalar(f"kl/group_{index}", value)

@@ -29,28 +29,22 @@ history = fit_resumable(
 """
 
 import contextlib
-import errno
-import hashlib
 import json
 import os
 import signal
 import threading
-import warnings
 
 import keras
 import numpy as np
 
-FORMAT_VERSION = 1
-STATE_PREFIX = "state-"
-TEMPORARY_SUFFIX = ".tmp"
-
-
-class CheckpointError(RuntimeError):
-    """Saved training state that cannot be used (no intact save, another model)."""
-
-
-class CheckpointWriteError(OSError):
-    """A save failed (directory not writable, disk full); the previous save is intact."""
+from keras_nvae.training.atomic_files import atomic_write
+from keras_nvae.training.atomic_files import save_model
+from keras_nvae.training.checkpoint_store import CheckpointStore
+from keras_nvae.training.checkpoint_store import _assign
+from keras_nvae.training.checkpoint_store import _describe
+from keras_nvae.training.checkpoint_store import metric_variables
+from keras_nvae.training.checkpoint_store import state_variables
+from keras_nvae.training.checkpoint_store import write_failure
 
 
 class TrainingInterrupted(Exception):
@@ -73,97 +67,6 @@ class TrainingInterrupted(Exception):
         self.directory = directory
 
 
-# ------------------------------------------------------------------ atomic files
-def temporary_path(path):
-    """The name `path` is written under before it is renamed to `path`.
-
-    The temporary name keeps the extension, which some writers require
-    (`model.keras` -> `model.tmp.keras`, `a.weights.h5` -> `a.tmp.weights.h5`).
-    """
-    directory, name = os.path.split(path)
-    stem, dot, extension = name.partition(".")
-    return os.path.join(directory, f"{stem}{TEMPORARY_SUFFIX}{dot}{extension}")
-
-
-def _commit(temporary, path):
-    """Rename the finished temporary file to its final name (one atomic step)."""
-    os.replace(temporary, path)
-
-
-def _sync_file(path):
-    with open(path, "rb+") as file:
-        os.fsync(file.fileno())
-
-
-def _sync_directory(directory):
-    if hasattr(os, "O_DIRECTORY"):
-        descriptor = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-
-
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path to write `path` under; rename it when the block ends.
-
-    The file written at the temporary path is flushed to disk and renamed to
-    `path`, so `path` is never seen half-written. If the block raises, the
-    temporary file is removed and `path` is untouched.
-
-    Args:
-        path: the final file name.
-
-    Yields:
-        The temporary path (same folder and extension).
-    """
-    temporary = temporary_path(path)
-    try:
-        yield temporary
-        _sync_file(temporary)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(temporary)
-        raise
-    _commit(temporary, path)
-    _sync_directory(os.path.dirname(path))
-
-
-@contextlib.contextmanager
-def atomic_write(path, mode="wb"):
-    """Open a file that appears at `path` only once it is completely written.
-
-    Args:
-        path: the final file name.
-        mode: "wb" or "w".
-
-    Yields:
-        The open temporary file.
-
-    Example:
-    ```python
-    with atomic_write("metrics.json", "w") as file:
-        json.dump(metrics, file)
-    ```
-    """
-    with atomic_path(path) as temporary:
-        with open(temporary, mode) as file:
-            yield file
-
-
-def write_json(path, value):
-    """Write `value` as indented JSON to `path` atomically."""
-    with atomic_write(path, "w") as file:
-        json.dump(value, file, indent=2)
-
-
-def save_model(model, path):
-    """`model.save(path)` written atomically (a kill never leaves a broken `.keras`)."""
-    with atomic_path(path) as temporary:
-        model.save(temporary)
-
-
 def epoch_seed(seed, epoch):
     """The data seed of one epoch: a well-mixed function of the run's seed and the epoch.
 
@@ -172,200 +75,6 @@ def epoch_seed(seed, epoch):
     """
     state = np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0]
     return int(state) >> 1
-
-
-# ------------------------------------------------------------------ saves on disk
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _write_arrays(file, arrays):
-    np.savez(file, **{f"a{index:05d}": value for index, value in enumerate(arrays)})
-
-
-def write_failure(what, directory, error):
-    """The `CheckpointWriteError` of an `OSError` raised while writing `what` in `directory`:
-    what went wrong and what to do."""
-    if isinstance(error, PermissionError):
-        problem, remedy = "permission denied", f"make {directory} writable"
-    elif error.errno == errno.ENOSPC:
-        problem, remedy = "the disk is full", "free disk space"
-    else:
-        problem, remedy = f"{type(error).__name__}: {error}", "fix the problem"
-    return CheckpointWriteError(
-        error.errno,
-        f"could not save {what} in {directory} ({problem}). Training stopped; "
-        f"{remedy} or pass another --output_dir, then run the same command again: it "
-        "resumes from the previous save, which is intact.",
-    )
-
-
-class CheckpointStore:
-    """The saves of one run in a folder: write, list, load the newest intact one.
-
-    Args:
-        directory: the folder (created on the first save).
-        keep: how many saves to keep (older ones are deleted after a save).
-
-    Example:
-    ```python
-    store = CheckpointStore("runs/x/checkpoints")
-    store.save([np.zeros(3)], {"step": 10})
-    arrays, info = store.load_latest()
-    ```
-    """
-
-    def __init__(self, directory, keep=2):
-        self.directory = directory
-        self.keep = keep
-
-    def _paths(self, step):
-        stem = os.path.join(self.directory, f"{STATE_PREFIX}{step:010d}")
-        return stem + ".npz", stem + ".json"
-
-    def steps(self):
-        """Steps of the committed saves (those with a JSON file), oldest first."""
-        if not os.path.isdir(self.directory):
-            return []
-        steps = []
-        for name in os.listdir(self.directory):
-            stem, extension = os.path.splitext(name)
-            number = stem[len(STATE_PREFIX):]
-            if stem.startswith(STATE_PREFIX) and extension == ".json" and number.isdigit():
-                steps.append(int(number))
-        return sorted(steps)
-
-    def save(self, step, arrays, info):
-        """Write one save: the arrays, then the JSON that commits them.
-
-        Args:
-            step: the global step (names the files).
-            arrays: list of numpy arrays.
-            info: JSON-serialisable dict stored with them.
-
-        Raises:
-            CheckpointWriteError: the files could not be written; the
-                previous saves are untouched.
-        """
-        data_path, info_path = self._paths(step)
-        try:
-            os.makedirs(self.directory, exist_ok=True)
-            with atomic_write(data_path) as file:
-                _write_arrays(file, arrays)
-            info = dict(info, format=FORMAT_VERSION, step=step, sha256=_sha256(data_path))
-            write_json(info_path, info)
-        except OSError as error:
-            raise write_failure("the training state", self.directory, error) from error
-        self._prune()
-
-    def _prune(self):
-        committed = self.steps()
-        for step in committed[: -self.keep]:
-            self._remove(step)
-        keep = {os.path.basename(path) for step in committed for path in self._paths(step)}
-        for name in os.listdir(self.directory):
-            if name.startswith(STATE_PREFIX) and name not in keep:
-                with contextlib.suppress(OSError):
-                    os.remove(os.path.join(self.directory, name))
-
-    def _remove(self, step):
-        for path in reversed(self._paths(step)):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
-
-    def _load(self, step):
-        data_path, info_path = self._paths(step)
-        try:
-            with open(info_path) as file:
-                info = json.load(file)
-            if info.get("format") != FORMAT_VERSION:
-                return None, f"it has format {info.get('format')!r}, not {FORMAT_VERSION}"
-            if _sha256(data_path) != info["sha256"]:
-                return None, "its data file does not match its checksum (truncated or corrupt)"
-            with np.load(data_path, allow_pickle=False) as data:
-                arrays = [data[f"a{index:05d}"] for index in range(len(data.files))]
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            return None, f"it cannot be read ({type(error).__name__}: {error})"
-        return (arrays, info), None
-
-    def load_latest(self):
-        """The newest intact save; corrupt newer ones are removed with a warning.
-
-        Returns:
-            (arrays, info), or None when there is no save.
-
-        Raises:
-            CheckpointError: there are saves but none is intact.
-        """
-        steps = self.steps()
-        for index, step in enumerate(reversed(steps)):
-            loaded, problem = self._load(step)
-            if loaded is not None:
-                return loaded
-            older = steps[: len(steps) - index - 1]
-            fallback = f"resuming from step {older[-1]}" if older else "no older save is left"
-            warnings.warn(
-                f"The training state saved at step {step} in {self.directory} is unusable: "
-                f"{problem}. Removed it; {fallback}.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            self._remove(step)
-        if steps:
-            raise CheckpointError(
-                f"no intact training state is left in {self.directory}; delete that folder "
-                "to train from the start."
-            )
-        return None
-
-    def clear(self):
-        """Delete every save (a finished run starts afresh next time)."""
-        for step in self.steps():
-            self._remove(step)
-        self._prune_leftovers()
-
-    def _prune_leftovers(self):
-        if os.path.isdir(self.directory):
-            self._prune()
-            if not os.listdir(self.directory):
-                os.rmdir(self.directory)
-
-
-# ------------------------------------------------------------------ training state
-def _metric_variables(model):
-    return [variable for metric in model.metrics for variable in metric.variables]
-
-
-def _state_variables(model):
-    """Every variable of the model and its optimizer except the metrics', without repeats."""
-    skip = {id(variable) for variable in _metric_variables(model)}
-    variables = []
-    for variable in list(model.variables) + list(model.optimizer.variables):
-        if id(variable) not in skip:
-            skip.add(id(variable))
-            variables.append(variable)
-    return variables
-
-
-def _describe(variables):
-    return [[variable.path, list(variable.shape)] for variable in variables]
-
-
-def _assign(variables, arrays, what, directory):
-    if len(arrays) != len(variables) or any(
-        tuple(array.shape) != tuple(variable.shape) for variable, array in zip(variables, arrays)
-    ):
-        raise CheckpointError(
-            f"the training state in {directory} was saved by a different model or optimizer "
-            f"({len(arrays)} {what} arrays for {len(variables)} variables, or other shapes). "
-            "Use another --output_dir, or delete that folder to train from the start."
-        )
-    for variable, array in zip(variables, arrays):
-        variable.assign(array)
 
 
 def _float_logs(logs):
@@ -441,7 +150,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             return False
         arrays, info = loaded
         saved = len(info["variables"])
-        _assign(_state_variables(self.model), arrays[:saved], "state", self.store.directory)
+        _assign(state_variables(self.model, include_metrics=False), arrays[:saved], "state", self.store.directory)
         self._metric_arrays = arrays[saved:] or None
         self.epoch, self.batch, self.history = info["epoch"], info["batch"], info["history"]
         self._cut_step_log(info["step"])
@@ -451,8 +160,8 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         """Write the current state (with the metrics' totals inside an epoch)."""
         if self.store is None:
             return
-        state = _state_variables(self.model)
-        metrics = _metric_variables(self.model) if self.batch else []
+        state = state_variables(self.model, include_metrics=False)
+        metrics = metric_variables(self.model) if self.batch else []
         arrays = [keras.ops.convert_to_numpy(v) for v in state + metrics]
         info = {
             "epoch": self.epoch,
@@ -466,7 +175,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         if epoch != self.epoch or self.batch == 0:
             self.epoch, self.batch = epoch, 0
         elif self._metric_arrays is not None:  # Resumed inside this epoch.
-            _assign(_metric_variables(self.model), self._metric_arrays, "metric", "the save")
+            _assign(metric_variables(self.model), self._metric_arrays, "metric", "the save")
         self._metric_arrays = None
 
     def on_train_batch_end(self, batch, logs=None):

@@ -13,6 +13,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_nvae import compat
+
 
 @keras.saving.register_keras_serializable(package="keras_nvae")
 class NVAEAdamax(keras.optimizers.Optimizer):
@@ -111,12 +113,8 @@ class NVAEAdamax(keras.optimizers.Optimizer):
         ]
         grads_and_vars = self._all_reduce_sum_gradients(list(zip(grads, variables)))
         indices = [self._get_variable_index(v) for v in trainable_variables]
-        tf.__internal__.distribute.interim.maybe_merge_call(
-            self._distributed_fused_update,
-            self._distribution_strategy,
-            grads_and_vars,
-            indices,
-            learning_rate,
+        compat.merge_call(
+            self._distributed_fused_update, self, grads_and_vars, indices, learning_rate
         )
 
     def _distributed_fused_update(

@@ -5,15 +5,16 @@ import math
 import keras
 import tensorflow as tf
 
+from keras_nvae import compat
 from keras_nvae.training import callbacks as nvae_callbacks
 from keras_nvae import distributions
-from keras_nvae.training.guarded_updates import GuardedUpdates
 from keras_nvae import inputs
-from keras_nvae.training import objectives
-from keras_nvae.official import layout as official_layout
-from keras_nvae.training import optimizers as nvae_optimizers
 from keras_nvae.layers.conv import Conv2D, spectral_matrices
 from keras_nvae.layers.normalization import BatchNorm
+from keras_nvae.official import layout as official_layout
+from keras_nvae.training.guarded_updates import GuardedUpdates
+from keras_nvae.training import objectives
+from keras_nvae.training import optimizers as nvae_optimizers
 
 METRIC_NAMES = (
     "loss",
@@ -185,7 +186,7 @@ class NVAETrainer(GuardedUpdates):
         replicas = self.distribute_strategy.num_replicas_in_sync
         inputs.check_fit_data(x, kwargs, replicas, self.config)
         if self._schedule_pending:
-            per_epoch = _steps_per_epoch(x, steps_per_epoch, kwargs.get("batch_size"))
+            per_epoch = epoch_steps(x, steps_per_epoch, kwargs.get("batch_size"))
             epochs_run = int(epochs) - int(kwargs.get("initial_epoch", 0))
             trained = int(keras.ops.convert_to_numpy(self.global_step))
             self._set_schedule_span(trained + epochs_run * per_epoch)
@@ -474,12 +475,26 @@ def _flatten(modules):
     while stack:
         layer = stack.pop()
         ordered.append(layer)
-        stack.extend(layer._layers)
+        stack.extend(compat.direct_sublayers(layer))
     return ordered
 
 
-def _steps_per_epoch(x, steps_per_epoch, batch_size):
-    """Steps of one epoch of `fit(x, steps_per_epoch=..., batch_size=...)`."""
+def epoch_steps(x, steps_per_epoch=None, batch_size=None, where="NVAE.fit", remedy=None):
+    """The steps of one epoch of `fit(x, steps_per_epoch=..., batch_size=...)`.
+
+    Args:
+        x: a `tf.data.Dataset` of batches, or an array of images.
+        steps_per_epoch: the caller's value; returned when given.
+        batch_size: the batch size of an array `x` (default 32, as in `fit`).
+        where: the function the error names.
+        remedy: what the error tells the caller to do when the number is unknown.
+
+    Returns:
+        The number of steps (int).
+
+    Raises:
+        ValueError: `x` is an infinite or unknown-size dataset.
+    """
     if steps_per_epoch is not None:
         return int(steps_per_epoch)
     if isinstance(x, tf.data.Dataset):
@@ -489,7 +504,7 @@ def _steps_per_epoch(x, steps_per_epoch, batch_size):
     elif hasattr(x, "shape"):
         return int(math.ceil(x.shape[0] / (batch_size or 32)))
     raise ValueError(
-        "NVAE.fit could not infer the number of steps per epoch (an infinite or "
-        "unknown-size dataset). Pass `steps_per_epoch` to fit, or `total_steps` "
-        "to compile."
+        f"{where} could not infer the number of steps per epoch (an infinite or "
+        "unknown-size dataset). "
+        + (remedy or "Pass `steps_per_epoch` to fit, or `total_steps` to compile.")
     )

@@ -30,9 +30,10 @@ import keras_tuner
 import numpy as np
 import tensorflow as tf
 
-from keras_nvae import presets as presets_lib
 from keras_nvae.config import NVAEConfig
 from keras_nvae.model import NVAE
+from keras_nvae import presets as presets_lib
+from keras_nvae.training.trainer import epoch_steps
 
 OBJECTIVE = "val_bpd"
 EVALUATION_SEED = 2020
@@ -204,20 +205,6 @@ def evaluate_bpd(model, data, batch_size=None, seed=EVALUATION_SEED):
         verbose=0,
     )
     return float(logs["bpd"])
-
-
-def _steps_per_epoch(data, batch_size, steps_per_epoch):
-    if steps_per_epoch:
-        return int(steps_per_epoch)
-    if isinstance(data, tf.data.Dataset):
-        cardinality = int(data.cardinality())
-        if cardinality > 0:
-            return cardinality
-        raise ValueError(
-            "NVAEHyperModel.fit: the training dataset is infinite or of unknown size; pass "
-            "`steps_per_epoch` to `tuner.search`."
-        )
-    return int(math.ceil(len(data) / batch_size))
 
 
 def _count_images(dataset):
@@ -483,7 +470,13 @@ class NVAEHyperModel(keras_tuner.HyperModel):
         data = args[0] if args else kwargs.pop("x", None)
         data, batch_size = self._training_data(hp, model, data, kwargs.pop("batch_size", None))
         epochs = kwargs.pop("epochs", 1)
-        steps = _steps_per_epoch(data, batch_size, kwargs.get("steps_per_epoch"))
+        steps = epoch_steps(
+            data,
+            kwargs.get("steps_per_epoch") or None,
+            batch_size,
+            where="NVAEHyperModel.fit",
+            remedy="Pass `steps_per_epoch` to `tuner.search`.",
+        )
         _compile_for_schedule(model, self._schedule_epochs(hp, epochs) * steps, steps)
         callbacks = list(kwargs.pop("callbacks", None) or [])
         callbacks += [_FixedSeedValidation(self.evaluation_seed), _FailOnNonFinite()]

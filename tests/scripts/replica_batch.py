@@ -13,15 +13,17 @@ import tensorflow as tf
 
 cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+# Grappler's graph rewrites off, as in the test processes (tests/conftest.py).
+tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 
-# This repository's keras_nvae and tests/conftest.py (the script's own folder comes first).
+# This repository's keras_nvae and tests/harness.py (the script's own folder comes first).
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.dirname(TESTS), TESTS]
 
-from conftest import assert_state_unchanged  # noqa: E402
-from conftest import lean_tiny  # noqa: E402
-from conftest import model_state  # noqa: E402
-from conftest import tiny_images  # noqa: E402
+from harness import assert_state_unchanged  # noqa: E402
+from harness import lean_tiny  # noqa: E402
+from harness import model_state  # noqa: E402
+from harness import tiny_images  # noqa: E402
 from keras_nvae.training import optimizers  # noqa: E402
 
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

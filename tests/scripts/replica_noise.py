@@ -33,7 +33,7 @@ x = model.preprocess_images(images)[0]
 @tf.function
 def latents(seed):
     return strategy.run(
-        lambda: model._forward(x, False, seeds=noise.CallSeeds(seed))["latents"][-1]
+        lambda: model.forward_terms(x, False, seeds=noise.CallSeeds(seed))["latents"][-1]
     )
 
 

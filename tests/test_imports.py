@@ -1,0 +1,58 @@
+"""What `import keras_nvae` loads, and the short names of its modules."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import keras_nvae
+
+# Heavy optional dependencies: KerasTuner for `keras_nvae.tuning`, torch for reading official
+# `.pt` checkpoints. Neither may load until those modules are used.
+OPTIONAL = ("keras_tuner", "torch")
+
+
+def _loaded_after(code):
+    """The modules of `OPTIONAL` and TensorFlow that a fresh interpreter loads running `code`."""
+    probe = (
+        f"import sys\n{code}\n"
+        f"print(__import__('json').dumps([m for m in {OPTIONAL + ('tensorflow',)!r} "
+        "if m in sys.modules]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_import_loads_nothing_heavy_and_the_model_loads_no_optional_dependency():
+    # One interpreter for both checks: TensorFlow's import is most of its time.
+    code = (
+        "import keras_nvae\n"
+        "bare = [m for m in ('tensorflow', 'keras_tuner', 'torch') if m in sys.modules]\n"
+        "assert bare == [], bare\n"
+        "from keras_nvae import NVAE, data, evaluation\n"
+        "NVAE.from_preset('tiny')"
+    )
+    assert _loaded_after(code) == ["tensorflow"]
+
+
+@pytest.mark.parametrize(
+    "short, module",
+    [
+        ("convert", "keras_nvae.official.convert"),
+        ("parity", "keras_nvae.official.parity"),
+        ("evaluation", "keras_nvae.inference.evaluation"),
+        ("datasets", "keras_nvae.data.registry"),
+        ("checkpointing", "keras_nvae.training.checkpointing"),
+        ("step_guard", "keras_nvae.training.step_guard"),
+    ],
+)
+def test_short_names_are_the_modules_in_the_subpackages(short, module):
+    assert getattr(keras_nvae, short) is sys.modules[module]
+
+
+def test_unknown_attribute_raises_attribute_error():
+    with pytest.raises(AttributeError, match="no_such_module"):
+        keras_nvae.no_such_module
