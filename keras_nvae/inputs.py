@@ -1,5 +1,7 @@
 """What an NVAE accepts as input: images, batches from `fit`, latent noise."""
 
+import math
+
 import numpy as np
 import tensorflow as tf
 
@@ -332,3 +334,34 @@ def reduce_bits(x01, num_bits):
     x01 = tf.convert_to_tensor(x01)
     x = tf.floor(x01 * 255.0 / 2.0 ** (8 - num_bits))
     return x / (2.0**num_bits - 1.0)
+
+
+def epoch_steps(x, steps_per_epoch=None, batch_size=None, where="NVAE.fit", remedy=None):
+    """The steps of one epoch of `fit(x, steps_per_epoch=..., batch_size=...)`.
+
+    Args:
+        x: a `tf.data.Dataset` of batches, or an array of images.
+        steps_per_epoch: the caller's value; returned when given.
+        batch_size: the batch size of an array `x` (default 32, as in `fit`).
+        where: the function the error names.
+        remedy: what the error tells the caller to do when the number is unknown.
+
+    Returns:
+        The number of steps (int).
+
+    Raises:
+        ValueError: `x` is an infinite or unknown-size dataset.
+    """
+    if steps_per_epoch is not None:
+        return int(steps_per_epoch)
+    if isinstance(x, tf.data.Dataset):
+        cardinality = int(x.cardinality())
+        if cardinality > 0:
+            return cardinality
+    elif hasattr(x, "shape"):
+        return int(math.ceil(x.shape[0] / (batch_size or 32)))
+    raise ValueError(
+        f"{where} could not infer the number of steps per epoch (an infinite or "
+        "unknown-size dataset). "
+        + (remedy or "Pass `steps_per_epoch` to fit, or `total_steps` to compile.")
+    )

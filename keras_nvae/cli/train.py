@@ -40,6 +40,8 @@ from keras_nvae.cli.common import one_line
 from keras_nvae.cli.common import parse_absl_flags
 from keras_nvae.cli.common import program_name
 from keras_nvae.cli.common import run_main
+from keras_nvae.cli.strategy import make_strategy
+from keras_nvae.cli.strategy import worker_directory
 from keras_nvae.cli.pictures import picture_callbacks
 from keras_nvae.cli.pictures import write_images
 from keras_nvae.cli.shared_flags import define_model_and_data_flags
@@ -189,6 +191,13 @@ def make_config():
     from keras_nvae import presets
     from keras_nvae.config import parse_overrides
 
+    if FLAGS.jit_compile and FLAGS.distribute != "none":
+        raise CommandLineError(
+            "--jit_compile cannot be combined with --distribute: Keras 3 XLA-compiles the "
+            "step of all replicas as one computation on one device, which cannot reach the "
+            "other replicas' variables. Leave --jit_compile unset (BUILD_NOTES.md, "
+            "'XLA with MirroredStrategy')."
+        )
     try:
         overrides = parse_overrides(FLAGS.override)
         for name in (
@@ -205,38 +214,6 @@ def make_config():
         return presets.preset_config(FLAGS.preset, **overrides)
     except ValueError as error:
         raise CommandLineError(one_line(error)) from None
-
-
-def make_strategy():
-    """The `tf.distribute` strategy of --distribute (create it before any model)."""
-    import tensorflow as tf
-
-    if FLAGS.distribute == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if FLAGS.distribute == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise CommandLineError(
-                "--distribute multi_worker needs the TF_CONFIG environment variable "
-                "(the cluster and this worker's task)."
-            )
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
-def worker_directory(strategy, output_dir):
-    """Where this process writes: `output_dir` for the chief, a subfolder otherwise.
-
-    Returns:
-        (directory, is_chief).
-    """
-    if FLAGS.distribute != "multi_worker":
-        return output_dir, True
-    resolver = strategy.cluster_resolver
-    task_type, task_id = resolver.task_type, resolver.task_id
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    if task_type == "chief" or (task_type == "worker" and task_id == 0 and not has_chief):
-        return output_dir, True
-    return os.path.join(output_dir, f"{task_type}_{task_id}"), False
 
 
 def make_datasets(config, batch_size):
@@ -427,13 +404,6 @@ def train():
         The metrics written to metrics.json.
     """
     config = make_config()
-    if FLAGS.jit_compile and FLAGS.distribute != "none":
-        raise CommandLineError(
-            "--jit_compile cannot be combined with --distribute: Keras 3 XLA-compiles the "
-            "step of all replicas as one computation on one device, which cannot reach the "
-            "other replicas' variables. Leave --jit_compile unset (BUILD_NOTES.md, "
-            "'XLA with MirroredStrategy')."
-        )
     output_dir = FLAGS.output_dir or os.path.join("runs", FLAGS.preset)
 
     import keras
@@ -445,8 +415,8 @@ def train():
     keras.mixed_precision.set_global_policy(
         "float32" if FLAGS.mixed_precision == "none" else FLAGS.mixed_precision
     )
-    strategy = make_strategy()
-    directory, is_chief = worker_directory(strategy, output_dir)
+    strategy = make_strategy(FLAGS.distribute)
+    directory, is_chief = worker_directory(strategy, output_dir, FLAGS.distribute)
     replicas = strategy.num_replicas_in_sync
     train_data, test_data, steps = make_datasets(config, config.batch_size * replicas)
     with strategy.scope():

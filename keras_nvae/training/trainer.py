@@ -1,6 +1,5 @@
 """NVAE's training policy: objective, schedules, default optimizer, steps, metrics."""
 
-import math
 
 import keras
 import tensorflow as tf
@@ -186,7 +185,7 @@ class NVAETrainer(GuardedUpdates):
         replicas = self.distribute_strategy.num_replicas_in_sync
         inputs.check_fit_data(x, kwargs, replicas, self.config)
         if self._schedule_pending:
-            per_epoch = epoch_steps(x, steps_per_epoch, kwargs.get("batch_size"))
+            per_epoch = inputs.epoch_steps(x, steps_per_epoch, kwargs.get("batch_size"))
             epochs_run = int(epochs) - int(kwargs.get("initial_epoch", 0))
             trained = int(keras.ops.convert_to_numpy(self.global_step))
             self._set_schedule_span(trained + epochs_run * per_epoch)
@@ -478,33 +477,3 @@ def _flatten(modules):
         stack.extend(compat.direct_sublayers(layer))
     return ordered
 
-
-def epoch_steps(x, steps_per_epoch=None, batch_size=None, where="NVAE.fit", remedy=None):
-    """The steps of one epoch of `fit(x, steps_per_epoch=..., batch_size=...)`.
-
-    Args:
-        x: a `tf.data.Dataset` of batches, or an array of images.
-        steps_per_epoch: the caller's value; returned when given.
-        batch_size: the batch size of an array `x` (default 32, as in `fit`).
-        where: the function the error names.
-        remedy: what the error tells the caller to do when the number is unknown.
-
-    Returns:
-        The number of steps (int).
-
-    Raises:
-        ValueError: `x` is an infinite or unknown-size dataset.
-    """
-    if steps_per_epoch is not None:
-        return int(steps_per_epoch)
-    if isinstance(x, tf.data.Dataset):
-        cardinality = int(x.cardinality())
-        if cardinality > 0:
-            return cardinality
-    elif hasattr(x, "shape"):
-        return int(math.ceil(x.shape[0] / (batch_size or 32)))
-    raise ValueError(
-        f"{where} could not infer the number of steps per epoch (an infinite or "
-        "unknown-size dataset). "
-        + (remedy or "Pass `steps_per_epoch` to fit, or `total_steps` to compile.")
-    )

@@ -30,10 +30,10 @@ import keras_tuner
 import numpy as np
 import tensorflow as tf
 
+from keras_nvae import inputs
 from keras_nvae.config import NVAEConfig
 from keras_nvae.model import NVAE
 from keras_nvae import presets as presets_lib
-from keras_nvae.training.trainer import epoch_steps
 
 OBJECTIVE = "val_bpd"
 EVALUATION_SEED = 2020
@@ -470,7 +470,7 @@ class NVAEHyperModel(keras_tuner.HyperModel):
         data = args[0] if args else kwargs.pop("x", None)
         data, batch_size = self._training_data(hp, model, data, kwargs.pop("batch_size", None))
         epochs = kwargs.pop("epochs", 1)
-        steps = epoch_steps(
+        steps = inputs.epoch_steps(
             data,
             kwargs.get("steps_per_epoch") or None,
             batch_size,
