@@ -20,10 +20,10 @@ def legacy():
 
 def test_legacy_file_reproduces_its_outputs(legacy):
     # The fixture holds the outputs the pre-split code gave for this input and noise on
-    # another CPU. oneDNN picks its kernels (and so its summation order) by instruction set:
-    # on a CPU without AVX-512 the flow-corrected KL (log q - log p, a difference of larger
-    # terms) moved by 1.7e-6 of its largest value. A weight loaded into the wrong place moves
-    # the outputs by orders of magnitude more.
+    # another CPU. oneDNN picks its kernels (and so its summation order) by the CPU's
+    # instruction set: on another CPU the flow-corrected KL (log q - log p, a difference of
+    # larger terms) moved by 1.7e-6 of its largest value. A weight loaded into the wrong place
+    # moves the outputs by orders of magnitude more.
     model, ref = legacy
     noise = [ref[f"noise_{i:02d}"] for i in range(model.num_groups)]
     out = model(ref["x"], training=False, noise=noise)
