@@ -19,13 +19,13 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 __version__ = "0.2.0"
 
-# Every name is imported on first access: `import keras_nvae` loads neither
-# TensorFlow nor KerasTuner nor torch, so the programs of `keras_nvae.cli`
-# check their flags before TensorFlow starts.
-_NAMES = {
-    "NVAE": ("keras_nvae.model", "NVAE"),
-    "NVAEConfig": ("keras_nvae.config", "NVAEConfig"),
-}
+# The model is imported here, so that its Keras classes are registered and
+# `keras.saving.load_model` reads `.keras` files after a bare `import keras_nvae`.
+# Every other module is imported on first access: KerasTuner (`tuning`) and
+# torch (`convert`) load only when those modules are used.
+from keras_nvae.config import NVAEConfig  # noqa: E402
+from keras_nvae.model import NVAE  # noqa: E402
+
 _MODULES = {
     "callbacks": "keras_nvae.training.callbacks",
     "checkpointing": "keras_nvae.training.checkpointing",
@@ -66,10 +66,7 @@ _SUBMODULES = (
 
 
 def __getattr__(name):
-    if name in _NAMES:
-        module, attribute = _NAMES[name]
-        value = getattr(importlib.import_module(module), attribute)
-    elif name in _MODULES:
+    if name in _MODULES:
         value = importlib.import_module(_MODULES[name])
     elif name in _SUBMODULES:
         value = importlib.import_module(f"keras_nvae.{name}")
@@ -80,4 +77,4 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_NAMES) | set(_MODULES) | set(_SUBMODULES))
+    return sorted(set(globals()) | set(_MODULES) | set(_SUBMODULES))

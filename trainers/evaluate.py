@@ -1,7 +1,13 @@
 """`python -m trainers.evaluate`: the `nvae-evaluate` program, defined in `keras_nvae.cli.evaluate`."""
 
-from keras_nvae.cli.evaluate import main
-from keras_nvae.cli.evaluate import run
+from trainers import hold_start_up_output
+
+_HELD = hold_start_up_output()
+from keras_nvae.cli.evaluate import main  # noqa: E402
+from keras_nvae.cli.evaluate import run  # noqa: E402
+from keras_nvae.cli import common  # noqa: E402
+
+common.hold_start_up_output(_HELD)
 
 __all__ = ["main", "run"]
 

@@ -1,7 +1,13 @@
 """`python -m trainers.parity`: the `nvae-parity` program, defined in `keras_nvae.cli.parity`."""
 
-from keras_nvae.cli.parity import main
-from keras_nvae.cli.parity import run
+from trainers import hold_start_up_output
+
+_HELD = hold_start_up_output()
+from keras_nvae.cli.parity import main  # noqa: E402
+from keras_nvae.cli.parity import run  # noqa: E402
+from keras_nvae.cli import common  # noqa: E402
+
+common.hold_start_up_output(_HELD)
 
 __all__ = ["main", "run"]
 

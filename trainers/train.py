@@ -1,7 +1,13 @@
 """`python -m trainers.train`: the `nvae-train` program, defined in `keras_nvae.cli.train`."""
 
-from keras_nvae.cli.train import main
-from keras_nvae.cli.train import run
+from trainers import hold_start_up_output
+
+_HELD = hold_start_up_output()
+from keras_nvae.cli.train import main  # noqa: E402
+from keras_nvae.cli.train import run  # noqa: E402
+from keras_nvae.cli import common  # noqa: E402
+
+common.hold_start_up_output(_HELD)
 
 __all__ = ["main", "run"]
 

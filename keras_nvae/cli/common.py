@@ -51,6 +51,7 @@ def parse_absl_flags(argv):
     try:
         rest = flags.FLAGS([arg for arg in argv if arg not in HELP_FLAGS], known_only=True)
     except flags.Error as error:
+        discard_start_up_output()
         print(f"{program_name(argv)}: error: {one_line(error)}", file=sys.stderr)
         sys.exit(1)
     return rest + help_flags
@@ -91,6 +92,34 @@ def parse_flags(flag_values, argv, doc):
     return True
 
 
+_start_up_output = []
+
+
+def hold_start_up_output(held):
+    """Take over `held`, what standard error received since the program started.
+
+    `trainers` holds TensorFlow's start-up lines back while a program is
+    imported; the program releases them once its flags parse and drops them
+    before it reports a bad flag, which is then the one line on standard error.
+
+    Args:
+        held: an object with `release()` and `discard()` (`trainers.StartUpOutput`).
+    """
+    _start_up_output.append(held)
+
+
+def release_start_up_output():
+    """Write the held start-up output to standard error."""
+    while _start_up_output:
+        _start_up_output.pop().release()
+
+
+def discard_start_up_output():
+    """Drop the held start-up output (before a one-line usage error)."""
+    while _start_up_output:
+        _start_up_output.pop().discard()
+
+
 def run_main(program, flag_values, argv, doc):
     """Parse flags and call `program()`, turning user errors into exit status 1.
 
@@ -106,8 +135,10 @@ def run_main(program, flag_values, argv, doc):
     """
     try:
         if parse_flags(flag_values, argv, doc):
+            release_start_up_output()
             program()
     except CommandLineError as error:
+        discard_start_up_output()
         print(f"{program_name(argv)}: error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -27,6 +27,8 @@ from keras_nvae.cli.common import HELP_FLAGS
 from keras_nvae.cli.common import one_line
 from keras_nvae.cli.common import parse_absl_flags
 from keras_nvae.cli.common import program_name
+from keras_nvae.cli.common import discard_start_up_output
+from keras_nvae.cli.common import release_start_up_output
 
 PASSED, FAILED, USAGE_ERROR = 0, 1, 2
 
@@ -77,8 +79,11 @@ def main(argv):
         print(__doc__)
         return PASSED
     try:
-        report = check_file(_fixture_path(argv))
+        path = _fixture_path(argv)
+        release_start_up_output()
+        report = check_file(path)
     except CommandLineError as error:
+        discard_start_up_output()
         print(f"{program_name(argv)}: error: {error}", file=sys.stderr)
         return USAGE_ERROR
     print(json.dumps(report, indent=1))
