@@ -10,7 +10,7 @@ reads, the layout keras-hub uses for its presets:
   TensorFlow versions, and where the weights come from.
 - `training_state/` (only when asked for): the variables of the model and
   its optimizer, as the resumable trainer saves them
-  (`keras_nvae.checkpointing.CheckpointStore`); `load_training_state` puts
+  (`keras_nvae.training.checkpoint_store.CheckpointStore`); `load_training_state` puts
   them back into a compiled model.
 
 Reading a preset runs no code from it: the configuration is JSON that only
@@ -27,6 +27,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_nvae.training import atomic_files
+from keras_nvae.training import checkpoint_store
 from keras_nvae.training import checkpointing
 from keras_nvae.config import NVAEConfig
 from keras_nvae.loading import ModelFileError
@@ -68,7 +70,7 @@ def _metadata(model, description, source, include_training_state):
 
 def _training_checkpoint(preset_dir):
     """The trainer's checkpoint callback, saving to and restoring from the preset's state."""
-    store = checkpointing.CheckpointStore(os.path.join(preset_dir, TRAINING_STATE_DIR), keep=1)
+    store = checkpoint_store.CheckpointStore(os.path.join(preset_dir, TRAINING_STATE_DIR), keep=1)
     return checkpointing.TrainingCheckpoint(store, steps_per_epoch=1, every_n_steps=1)
 
 
@@ -109,7 +111,7 @@ def save_preset(model, preset_dir, description=None, source=None, include_traini
     if include_training_state:
         _build_optimizer(model, "save_to_preset(include_training_state=True)")
     os.makedirs(preset_dir, exist_ok=True)
-    with checkpointing.atomic_path(os.path.join(preset_dir, WEIGHTS_FILE)) as temporary:
+    with atomic_files.atomic_path(os.path.join(preset_dir, WEIGHTS_FILE)) as temporary:
         model.save_weights(temporary)
     config = {
         "library": LIBRARY,
@@ -117,14 +119,14 @@ def save_preset(model, preset_dir, description=None, source=None, include_traini
         "format_version": FORMAT_VERSION,
         "config": model.config.to_dict(),
     }
-    checkpointing.write_json(os.path.join(preset_dir, CONFIG_FILE), config)
+    atomic_files.write_json(os.path.join(preset_dir, CONFIG_FILE), config)
     checkpoint = _training_checkpoint(preset_dir)
     checkpoint.store.clear()
     if include_training_state:
         checkpoint.set_model(model)
         checkpoint.save()
     metadata = _metadata(model, description, source, include_training_state)
-    checkpointing.write_json(os.path.join(preset_dir, METADATA_FILE), metadata)
+    atomic_files.write_json(os.path.join(preset_dir, METADATA_FILE), metadata)
     return preset_dir
 
 
@@ -304,7 +306,7 @@ def load_training_state(model, preset_dir):
     Raises:
         ModelFileError: the preset has no training state.
         ValueError: the model is not compiled with an optimizer.
-        keras_nvae.checkpointing.CheckpointError: the saved state is damaged
+        keras_nvae.training.checkpoint_store.CheckpointError: the saved state is damaged
             or belongs to another model or optimizer.
 
     Example:
