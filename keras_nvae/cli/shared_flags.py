@@ -1,4 +1,4 @@
-"""The flags `nvae-train` and `nvae-tune` share: preset, data source, epochs, overrides."""
+"""The flags `nvae-train` and `nvae-tune` share: preset, data source, epochs, overrides, batch caps."""
 
 from absl import flags
 
@@ -39,4 +39,28 @@ def define_model_and_data_flags(flag_values, eval_split_help, epochs_help, overr
         "NVAEConfig field as key=value (value parsed as JSON, else a string), e.g. "
         f"--override num_channels_enc=32 --override image_shape=[16,16,3]. {override_help}",
         flag_values=flag_values,
+    )
+
+
+def define_batch_cap_flags(flag_values, eval_batches_help):
+    """Define `--max_train_batches` and `--max_eval_batches` (both default: no cap).
+
+    Args:
+        flag_values: the program's `absl.flags.FlagValues`.
+        eval_batches_help: what `--max_eval_batches` caps in the program.
+
+    Example:
+
+    >>> FLAGS = flags.FlagValues()
+    >>> define_batch_cap_flags(FLAGS, "Cap on evaluation batches.")
+    """
+    flags.DEFINE_integer(
+        "max_train_batches",
+        None,
+        "Cap on training batches per epoch.",
+        lower_bound=1,
+        flag_values=flag_values,
+    )
+    flags.DEFINE_integer(
+        "max_eval_batches", None, eval_batches_help, lower_bound=1, flag_values=flag_values
     )

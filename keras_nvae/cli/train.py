@@ -44,6 +44,7 @@ from keras_nvae.cli.strategy import make_strategy
 from keras_nvae.cli.strategy import worker_directory
 from keras_nvae.cli.pictures import picture_callbacks
 from keras_nvae.cli.pictures import write_images
+from keras_nvae.cli.shared_flags import define_batch_cap_flags
 from keras_nvae.cli.shared_flags import define_model_and_data_flags
 
 FLAGS = flags.FlagValues()
@@ -137,16 +138,7 @@ flags.DEFINE_integer(
     lower_bound=1,
     flag_values=FLAGS,
 )
-flags.DEFINE_integer(
-    "max_train_batches",
-    None,
-    "Cap on training batches per epoch.",
-    lower_bound=1,
-    flag_values=FLAGS,
-)
-flags.DEFINE_integer(
-    "max_eval_batches", None, "Cap on evaluation batches.", lower_bound=1, flag_values=FLAGS
-)
+define_batch_cap_flags(FLAGS, "Cap on evaluation batches.")
 flags.DEFINE_float(
     "temperature", 0.7, "Prior temperature of samples.png.", flag_values=FLAGS
 )

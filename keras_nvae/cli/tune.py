@@ -53,6 +53,7 @@ from keras_nvae.cli.common import load_dataset
 from keras_nvae.cli.common import one_line
 from keras_nvae.cli.common import parse_absl_flags
 from keras_nvae.cli.common import run_main
+from keras_nvae.cli.shared_flags import define_batch_cap_flags
 from keras_nvae.cli.shared_flags import define_model_and_data_flags
 from keras_nvae.cli.trial_process import BEST_WEIGHTS
 from keras_nvae.cli.trial_process import INITIAL_WEIGHTS
@@ -105,16 +106,7 @@ flags.DEFINE_integer(
     lower_bound=1,
     flag_values=FLAGS,
 )
-flags.DEFINE_integer(
-    "max_train_batches",
-    None,
-    "Cap on training batches per epoch.",
-    lower_bound=1,
-    flag_values=FLAGS,
-)
-flags.DEFINE_integer(
-    "max_eval_batches", None, "Cap on validation batches.", lower_bound=1, flag_values=FLAGS
-)
+define_batch_cap_flags(FLAGS, "Cap on validation batches.")
 flags.DEFINE_integer(
     "seed", 0, "Seed of the search, weights and shuffling.", flag_values=FLAGS
 )
