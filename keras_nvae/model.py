@@ -164,6 +164,29 @@ class NVAE(NVAETrainer, NVAENetwork):
             legacy.load_legacy_weights(self, store)
         super().load_own_variables(store)
 
+    def averaged_weights(self):
+        """Context manager that holds the weight average (`ema_decay`) in the weights.
+
+        Without `ema_decay` (or before the first training step) it changes
+        nothing, and so it does inside a traced function. `evaluate` (also
+        validation in `fit`), `evaluation.bits_per_dim`, `sample` and `export`
+        use it.
+
+        Returns:
+            A context manager.
+
+        Example:
+
+        >>> with model.averaged_weights():
+        ...     images = model.reconstruct(batch)
+        """
+        return self._guarded_update.averaged_weights(self.trainable_variables)
+
+    def sample(self, *args, **kwargs):
+        """`NVAEInference.sample`, with the weight average when `ema_decay` is set."""
+        with self.averaged_weights():
+            return super().sample(*args, **kwargs)
+
     def export(self, filepath, format="tf_saved_model", verbose=True, **kwargs):
         """Export a SavedModel with `sample` (serving default), `sample_seeded`,
         `reconstruct`, `reconstruct_seeded`, `encode` and `log_likelihood`

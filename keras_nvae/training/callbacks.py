@@ -8,6 +8,7 @@ import tensorflow as tf
 from keras_nvae.inference import evaluation
 from keras_nvae.inference import latents
 from keras_nvae import noise
+from keras_nvae.training import objectives
 
 
 # What the progress bar of `NVAE.fit` shows, with their `val_` twins.
@@ -167,7 +168,7 @@ class LatentSummaries(keras.callbacks.Callback):
         for index, value in enumerate(per_group.numpy()):
             tf.summary.scalar(f"kl/group_{index}", value)
         tf.summary.histogram("kl/per_group", per_group)
-        tf.summary.scalar("kl/active_groups", self.model._active_groups(kl))
+        tf.summary.scalar("kl/active_groups", objectives.active_groups(kl, self.model.config.num_latent_per_group))
 
     def _write_reconstructions(self):
         _, images = self.model.preprocess_images(self.images)
