@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_nvae import errors
 from keras_nvae.network import NVAENetwork
 from keras_nvae.official import legacy
 from keras_nvae import presets as presets_lib
@@ -151,9 +152,9 @@ class NVAE(NVAETrainer, NVAENetwork):
                 variable.assign(value)
             if not isinstance(error, ValueError):
                 raise
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
             raise ValueError(
-                f"The weights in {str(filepath)!r} do not fit this NVAE ({first_line}); "
+                f"The weights in {str(filepath)!r} do not fit this NVAE "
+                f"({errors.first_line(error, with_type=False)}); "
                 "they were saved from a model with another configuration. Build the "
                 "NVAE with that configuration first (a .keras file holds it: "
                 "keras_nvae.loading.load_model). This model is unchanged."

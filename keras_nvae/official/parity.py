@@ -164,7 +164,7 @@ class Fixture:
         model = NVAE(self.config(**overrides))
         try:
             return convert.load_official_state_dict(model, self.state_dict(prefix))
-        except convert.CheckpointError as error:
+        except convert.OfficialCheckpointError as error:
             raise FixtureError(f"{self.path!r}: {error}") from None
 
 
