@@ -481,7 +481,7 @@ def _flatten(modules):
     """Every layer under `modules`, in the order Keras flattens a model made of them.
 
     The convolutions and BN layers are kept in this order, and so is the
-    spectral regulariser's state (as in every keras_nvae version).
+    spectral regulariser's state, whose variable order saved files depend on.
     """
     ordered, stack = [], list(reversed(modules))
     while stack:
