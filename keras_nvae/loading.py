@@ -14,6 +14,7 @@ import zipfile
 import keras
 import tensorflow as tf
 
+from keras_nvae.errors import first_line
 from keras_nvae.model import NVAE
 
 SAVED_MODEL_ENDPOINTS = (
@@ -28,11 +29,6 @@ SAVED_MODEL_ENDPOINTS = (
 
 class ModelFileError(ValueError):
     """A file that is not a complete, loadable keras_nvae model."""
-
-
-def _first_line(error):
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 def _check_archive(path):
@@ -51,7 +47,7 @@ def _check_archive(path):
             with zipfile.ZipFile(file) as archive:
                 damaged = archive.testzip()
         except (zipfile.BadZipFile, OSError, EOFError, tf.errors.OpError) as error:
-            damaged = _first_line(error)
+            damaged = first_line(error)
     if damaged is not None:
         raise ModelFileError(
             f"{path!r} is a damaged .keras archive ({damaged} does not read back). "
@@ -87,7 +83,7 @@ def load_model(path):
         model = keras.saving.load_model(path, safe_mode=True)
     except Exception as error:  # Keras raises many types for what a file can hold.
         raise ModelFileError(
-            f"Keras could not load {path!r} ({_first_line(error)}). Is it a .keras "
+            f"Keras could not load {path!r} ({first_line(error)}). Is it a .keras "
             "file written by keras_nvae?"
         ) from error
     if not isinstance(model, NVAE):
@@ -123,7 +119,7 @@ def load_saved_model(path):
         served = tf.saved_model.load(path)
     except Exception as error:  # DecodeError, DataLossError, NotFoundError, ValueError, ...
         raise ModelFileError(
-            f"The SavedModel in {path!r} could not be read ({_first_line(error)}): its "
+            f"The SavedModel in {path!r} could not be read ({first_line(error)}): its "
             "files are truncated or damaged. Copy or export it again."
         ) from error
     missing = [name for name in SAVED_MODEL_ENDPOINTS if not hasattr(served, name)]

@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_nvae import errors
 from keras_nvae.network import NVAENetwork
 from keras_nvae.official import legacy
 from keras_nvae import presets as presets_lib
@@ -151,9 +152,9 @@ class NVAE(NVAETrainer, NVAENetwork):
                 variable.assign(value)
             if not isinstance(error, ValueError):
                 raise
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
             raise ValueError(
-                f"The weights in {str(filepath)!r} do not fit this NVAE ({first_line}); "
+                f"The weights in {str(filepath)!r} do not fit this NVAE "
+                f"({errors.first_line(error, with_type=False)}); "
                 "they were saved from a model with another configuration. Build the "
                 "NVAE with that configuration first (a .keras file holds it: "
                 "keras_nvae.loading.load_model). This model is unchanged."
@@ -163,6 +164,29 @@ class NVAE(NVAETrainer, NVAENetwork):
         if legacy.is_legacy_store(store):
             legacy.load_legacy_weights(self, store)
         super().load_own_variables(store)
+
+    def averaged_weights(self):
+        """Context manager that holds the weight average (`ema_decay`) in the weights.
+
+        Without `ema_decay` (or before the first training step) it changes
+        nothing, and so it does inside a traced function. `evaluate` (also
+        validation in `fit`), `evaluation.bits_per_dim`, `sample` and `export`
+        use it.
+
+        Returns:
+            A context manager.
+
+        Example:
+
+        >>> with model.averaged_weights():
+        ...     images = model.reconstruct(batch)
+        """
+        return self._guarded_update.averaged_weights(self.trainable_variables)
+
+    def sample(self, *args, **kwargs):
+        """`NVAEInference.sample`, with the weight average when `ema_decay` is set."""
+        with self.averaged_weights():
+            return super().sample(*args, **kwargs)
 
     def export(self, filepath, format="tf_saved_model", verbose=True, **kwargs):
         """Export a SavedModel with `sample` (serving default), `sample_seeded`,

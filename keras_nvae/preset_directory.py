@@ -27,6 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_nvae import errors
 from keras_nvae.training import atomic_files
 from keras_nvae.training import checkpoint_store
 from keras_nvae.training import checkpointing
@@ -214,8 +215,8 @@ def _saved_weight_shapes(preset_dir):
             file.visititems(visit)
     except (OSError, KeyError, RuntimeError) as error:
         raise ModelFileError(
-            f"{path!r} is not a readable HDF5 weights file ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}): it is truncated, damaged or "
+            f"{path!r} is not a readable HDF5 weights file ({errors.first_line(error)}): "
+            "it is truncated, damaged or "
             "another kind of file. Copy or save the preset again."
         ) from error
     return shapes

@@ -308,7 +308,9 @@ def test_weights_of_another_configuration(tiny, bernoulli, tmp_path):
 
 def test_official_state_dict_of_another_configuration(tiny):
     before = model_state(tiny)
-    with pytest.raises(convert.CheckpointError, match="does not match this NVAE configuration"):
+    with pytest.raises(
+        convert.OfficialCheckpointError, match="does not match this NVAE configuration"
+    ):
         convert.load_official_state_dict(tiny, Reference("mnist").state_dict)
     assert_state_unchanged(tiny, before)
 
@@ -453,7 +455,7 @@ def test_pt_file_that_is_not_an_nvae_checkpoint(tmp_path):
     path = str(tmp_path / "classifier.pt")
     torch.save({"model": {"fc.weight": torch.zeros(2, 2)}, "epoch": 3}, path)
     with pytest.raises(
-        convert.CheckpointError,
+        convert.OfficialCheckpointError,
         match=r"holds a dict with keys \['epoch', 'model'\], without \['args', 'state_dict'\]",
     ):
         convert.load_official_checkpoint(path)
@@ -465,7 +467,9 @@ def test_crafted_pt_file_runs_no_code(tmp_path):
     marker = tmp_path / "created_by_the_checkpoint"
     path = str(tmp_path / "crafted.pt")
     torch.save({"args": argparse.Namespace(), "state_dict": {}, "x": _CreatesFile(marker)}, path)
-    with pytest.raises(convert.CheckpointError, match=r"Refused to load .*: it references io\.open"):
+    with pytest.raises(
+        convert.OfficialCheckpointError, match=r"Refused to load .*: it references io\.open"
+    ):
         convert.load_official_checkpoint(path)
     assert not marker.exists()
 
@@ -473,7 +477,7 @@ def test_crafted_pt_file_runs_no_code(tmp_path):
 def test_corrupt_npz_checkpoint(tmp_path):
     path = tmp_path / "checkpoint.npz"
     path.write_bytes(b"PK\x03\x04 not a zip archive")
-    with pytest.raises(convert.CheckpointError, match=r"is not a readable .npz file"):
+    with pytest.raises(convert.OfficialCheckpointError, match=r"is not a readable .npz file"):
         convert.load_official_checkpoint(str(path))
 
 

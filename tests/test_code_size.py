@@ -4,8 +4,12 @@ The limits apply to every `.py` file under `keras_nvae/` and `trainers/`. A modu
 its number of lines. A class's length is `end_lineno - lineno + 1` as `ast` reports it: from its
 `class` line to its last line, docstring and methods included, decorators excluded (in Python
 >= 3.8 `lineno` is the line of the `def`/`class` keyword, not of the first decorator). A
-function's length is counted the same way without its docstring: the Args/Returns/Example
-documentation of a public function does not count against the code it may hold.
+function's length is counted over the same span, from its `def` line to its last line with its
+docstring, but without blank lines: a function that needs more than 60 written lines, its
+documentation included, holds more than one step and is split into named helpers.
+
+`PENDING_SPLIT` names functions in rooms another change is editing; each must still be over the
+limit (so the list empties as they are split) and no other function may be.
 """
 
 import ast
@@ -20,17 +24,15 @@ MAX_MODULE_LINES = 500
 MAX_CLASS_LINES = 400
 MAX_FUNCTION_LINES = 60
 _FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
+PENDING_SPLIT = (
+    os.path.join("keras_nvae", "data", "folders.py") + " function load_image_folder",
+    os.path.join("keras_nvae", "data", "sources.py") + " function make_dataset",
+    os.path.join("keras_nvae", "data", "tfds.py") + " function load_tfds",
+)
 
 
-def _docstring_lines(node):
-    first = node.body[0] if node.body else None
-    if (
-        isinstance(first, ast.Expr)
-        and isinstance(first.value, ast.Constant)
-        and isinstance(first.value.value, str)
-    ):
-        return first.end_lineno - first.lineno + 1
-    return 0
+def _written_lines(lines, node):
+    return sum(1 for line in lines[node.lineno - 1 : node.end_lineno] if line.strip())
 
 
 def oversized_definitions(source, filename):
@@ -44,7 +46,8 @@ def oversized_definitions(source, filename):
         A list of `"filename:line kind name: N lines (limit L)"` strings, in source order.
     """
     offenders = []
-    module_lines = len(source.splitlines())
+    lines = source.splitlines()
+    module_lines = len(lines)
     if module_lines > MAX_MODULE_LINES:
         offenders.append(
             (0, f"{filename}:1 module: {module_lines} lines (limit {MAX_MODULE_LINES})")
@@ -55,7 +58,7 @@ def oversized_definitions(source, filename):
             length = node.end_lineno - node.lineno + 1
         elif isinstance(node, _FUNCTIONS):
             kind, limit = "function", MAX_FUNCTION_LINES
-            length = node.end_lineno - node.lineno + 1 - _docstring_lines(node)
+            length = _written_lines(lines, node)
         else:
             continue
         if length > limit:
@@ -97,9 +100,15 @@ def test_checker_flags_a_function_one_line_over_the_limit():
     ]
 
 
-def test_checker_excludes_decorators_and_docstrings_and_counts_methods_and_classes():
-    decorated = _function_source("decorated", MAX_FUNCTION_LINES, decorators=3, docstring_lines=20)
+def test_checker_counts_docstrings_but_not_decorators_blank_lines_or_classes_twice():
+    decorated = _function_source("decorated", MAX_FUNCTION_LINES, decorators=3)
     assert oversized_definitions(decorated, "m.py") == []
+    spaced = _function_source("spaced", MAX_FUNCTION_LINES).replace("\n    x", "\n\n    x")
+    assert oversized_definitions(spaced, "m.py") == []
+    documented = _function_source("documented", MAX_FUNCTION_LINES - 19, docstring_lines=20)
+    assert oversized_definitions(documented, "m.py") == [
+        f"m.py:1 function documented: {MAX_FUNCTION_LINES + 1} lines (limit 60)"
+    ]
     method = textwrap.indent(_function_source("method", MAX_FUNCTION_LINES + 1), "    ")
     filler = "".join(f"    a{i} = {i}\n" for i in range(MAX_CLASS_LINES - MAX_FUNCTION_LINES - 1))
     source = "class Big:\n" + method + filler
@@ -126,4 +135,14 @@ def test_no_definition_exceeds_the_size_limits(package):
             continue
         with open(path, encoding="utf-8") as f:
             offenders += oversized_definitions(f.read(), relative)
+    named = {_without_position(offender): offender for offender in offenders}
+    pending = [name for name in PENDING_SPLIT if name.startswith(package + os.sep)]
+    assert sorted(set(pending) - set(named)) == [], "split already: remove from PENDING_SPLIT"
+    offenders = [offender for name, offender in named.items() if name not in pending]
     assert not offenders, "definitions over the size limits; split them:\n" + "\n".join(offenders)
+
+
+def _without_position(offender):
+    """`"path:line kind name: N lines ..."` -> `"path kind name"`."""
+    location, kind, rest = offender.split(" ", 2)
+    return location.rsplit(":", 1)[0] + f" {kind} " + rest.split(":", 1)[0]

@@ -130,7 +130,7 @@ def test_missing_tensor_raises_and_assigns_nothing(mnist, mnist_model):
     state = dict(state)
     del state["stem.weight"]
     before = _snapshot(mnist_model)
-    with pytest.raises(convert.CheckpointError, match="stem.weight"):
+    with pytest.raises(convert.OfficialCheckpointError, match="stem.weight"):
         convert.load_official_state_dict(mnist_model, state)
     _assert_unchanged(mnist_model, before)
 
@@ -139,7 +139,7 @@ def test_unused_tensor_raises_and_assigns_nothing(mnist, mnist_model):
     _, _, state, _ = mnist
     state = {**state, "enc_tower.99.conv.weight": np.zeros((1, 1, 1, 1), np.float32)}
     before = _snapshot(mnist_model)
-    with pytest.raises(convert.CheckpointError, match=r"enc_tower\.99\.conv\.weight"):
+    with pytest.raises(convert.OfficialCheckpointError, match=r"enc_tower\.99\.conv\.weight"):
         convert.load_official_state_dict(mnist_model, state)
     _assert_unchanged(mnist_model, before)
 
@@ -153,7 +153,7 @@ def test_shape_mismatch_raises_and_assigns_nothing(mnist):
     bad = [name for name in convert.official_name_map(model) if name.endswith(".bias")][-1]
     state = {**state, bad: np.concatenate([state[bad], state[bad][:1]])}
     before = _snapshot(model)
-    with pytest.raises(convert.CheckpointError, match="Shape mismatch") as info:
+    with pytest.raises(convert.OfficialCheckpointError, match="Shape mismatch") as info:
         convert.load_official_state_dict(model, state)
     assert bad in str(info.value)
     _assert_unchanged(model, before)
@@ -166,7 +166,7 @@ def test_corrupt_derived_buffer_raises():
     name = next(k for k in state if k.endswith(".weight_normalized"))
     state = {**state, name: state[name] + 1.0}
     model = NVAE(convert.config_from_official_args(args))
-    with pytest.raises(convert.CheckpointError, match="weight_normalized"):
+    with pytest.raises(convert.OfficialCheckpointError, match="weight_normalized"):
         convert.load_official_state_dict(model, state)
 
 
@@ -189,7 +189,7 @@ def test_missing_checkpoint_file(tmp_path):
 def test_corrupt_npz(tmp_path):
     path = tmp_path / "corrupt.npz"
     path.write_bytes(b"PK\x03\x04 this is not a zip archive")
-    with pytest.raises(convert.CheckpointError):
+    with pytest.raises(convert.OfficialCheckpointError):
         convert.load_official_checkpoint(str(path))
 
 
@@ -197,7 +197,7 @@ def test_npz_without_flags(tmp_path, mnist):
     _, _, state, _ = mnist
     path = tmp_path / "weights_only.npz"
     np.savez(path, **{f"param/{k}": v for k, v in state.items()})
-    with pytest.raises(convert.CheckpointError, match="args_json"):
+    with pytest.raises(convert.OfficialCheckpointError, match="args_json"):
         convert.load_official_checkpoint(str(path))
 
 
@@ -274,7 +274,7 @@ def test_pt_checkpoint_running_code_is_refused(tmp_path, zip_format):
     torch.save(checkpoint, path, _use_new_zipfile_serialization=zip_format)
     # Only the payload is named: the allowed flags' class is not reported.
     refusal = r"Refused to load .*: it references io\.open,"
-    with pytest.raises(convert.CheckpointError, match=refusal):
+    with pytest.raises(convert.OfficialCheckpointError, match=refusal):
         convert.load_official_checkpoint(path)
     assert not marker.exists()
     # The payload is live: unpickling the file without the restriction creates the file.
@@ -350,7 +350,7 @@ def test_pt_file_that_is_not_an_nvae_checkpoint(tmp_path, kind):
     write, message = NOT_NVAE_PT[kind]
     path = tmp_path / "checkpoint.pt"
     write(path)
-    with pytest.raises(convert.CheckpointError, match=message) as info:
+    with pytest.raises(convert.OfficialCheckpointError, match=message) as info:
         convert.load_official_checkpoint(str(path))
     assert "weights_only=False" not in str(info.value)  # torch's advice to unpickle unsafely
 
@@ -358,7 +358,7 @@ def test_pt_file_that_is_not_an_nvae_checkpoint(tmp_path, kind):
 def test_npz_whose_flags_are_not_a_dict(tmp_path, mnist):
     _, _, state, _ = mnist
     path = _write_npz(tmp_path / "checkpoint.npz", ["not", "flags"], state)
-    with pytest.raises(convert.CheckpointError, match=r"flags \('args_json'\) are a list"):
+    with pytest.raises(convert.OfficialCheckpointError, match=r"flags \('args_json'\) are a list"):
         convert.load_official_checkpoint(path)
 
 

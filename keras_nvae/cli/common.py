@@ -9,11 +9,12 @@ flags in a private `absl.flags.FlagValues`, so several programs can be imported 
 process (the tests call `main` in-process) without flag-name clashes.
 """
 
-import math
 import os
 import sys
 
 from absl import flags
+
+from keras_nvae.errors import first_line
 
 # Answered by the program (its own doc and flags), not by absl.app's generic usage text.
 HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull")
@@ -197,7 +198,7 @@ def load_dataset(source, split, image_shape, hint="", **kwargs):
         )
     except data.DatasetNotAvailableError as error:
         raise CommandLineError(
-            f"{str(error).splitlines()[0]} Prepare it on a machine with internet access "
+            f"{first_line(error, with_type=False)} Prepare it on a machine with internet access "
             f"(`tfds build {error.name} --data_dir {error.data_dir}`), or pass --download "
             "where the trainer offers it, and point --data_dir at it."
         ) from None
@@ -212,42 +213,19 @@ def load_dataset(source, split, image_shape, hint="", **kwargs):
     return dataset
 
 
-def image_grid(images, columns, padding=2, min_cell_size=32):
-    """Tile images into one grid image, upscaling small images.
+def write_png(path, image):
+    """Write an image array (height, width, channels) as a PNG file.
 
     Args:
-        images: float array (n, h, w, c) with values in [0, 1].
-        columns: images per row.
-        padding: grey pixels between and around the (upscaled) images.
-        min_cell_size: images smaller than this are enlarged by an integer
-            factor (nearest neighbour) so that their side is at least this.
-
-    Returns:
-        A uint8 array (height, width, c).
+        path: the file to write; its folder is created.
+        image: uint8 values, or floating values in [0, 1] (rounded to 8 bits).
     """
     import numpy as np
-
-    images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
-    count, height, width, channels = images.shape
-    scale = max(1, math.ceil(min_cell_size / height))
-    images = np.repeat(np.repeat(images, scale, axis=1), scale, axis=2)
-    height, width = height * scale, width * scale
-    rows = math.ceil(count / columns)
-    grid = np.full(
-        (rows * (height + padding) + padding, columns * (width + padding) + padding, channels),
-        0.5,
-        np.float32,
-    )
-    for index, image in enumerate(images):
-        top = padding + (index // columns) * (height + padding)
-        left = padding + (index % columns) * (width + padding)
-        grid[top : top + height, left : left + width] = image
-    return np.round(grid * 255.0).astype(np.uint8)
-
-
-def write_png(path, image):
-    """Write a uint8 (height, width, channels) array as a PNG file."""
     import tensorflow as tf
+
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        image = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
 
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)

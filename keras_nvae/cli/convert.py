@@ -80,7 +80,7 @@ def convert_checkpoint(
 
     Raises:
         FileNotFoundError, ImportError (torch missing for a `.pt`),
-        keras_nvae.convert.CheckpointError, ValueError (unsupported flags or output path).
+        keras_nvae.convert.OfficialCheckpointError, ValueError (unsupported flags or output path).
     """
     from keras_nvae.official import convert
 
@@ -119,9 +119,9 @@ def convert():
             official_dmol=FLAGS.official_dmol,
             preset_dir=FLAGS.preset_dir,
         )
-    except (OSError, ImportError, convert_lib.CheckpointError, ValueError) as error:
+    except (OSError, ImportError, convert_lib.OfficialCheckpointError, ValueError) as error:
         # Missing file, torch not installed, unreadable or mismatched checkpoint, unsupported
-        # flags (CheckpointError is a ValueError; listed for the reader).
+        # flags (OfficialCheckpointError is a ValueError; listed for the reader).
         raise CommandLineError(one_line(error)) from None
     for written in (FLAGS.output, FLAGS.preset_dir):
         if written:

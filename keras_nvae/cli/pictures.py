@@ -3,8 +3,8 @@
 import math
 import os
 
-from keras_nvae.cli.common import image_grid
 from keras_nvae.cli.common import write_png
+from keras_nvae.inference.grids import image_grid
 
 NUM_SAMPLES = 64
 NUM_RECONSTRUCTIONS = 16
@@ -60,10 +60,14 @@ def write_images(model, test, directory, temperature, seed):
     outputs = np.asarray(model.reconstruct(inputs))
     write_png(
         os.path.join(directory, "reconstructions.png"),
-        image_grid(np.concatenate([inputs, outputs]), columns=len(inputs)),
+        image_grid(
+            np.concatenate([inputs, outputs]), len(inputs), padding=2, min_cell_size=32
+        ),
     )
     samples = model.sample(NUM_SAMPLES, temperature=temperature, seed=seed)
     write_png(
         os.path.join(directory, "samples.png"),
-        image_grid(np.asarray(samples), columns=int(math.sqrt(NUM_SAMPLES))),
+        image_grid(
+            np.asarray(samples), int(math.sqrt(NUM_SAMPLES)), padding=2, min_cell_size=32
+        ),
     )

@@ -35,13 +35,13 @@ from absl import flags
 from absl import logging
 
 from keras_nvae.cli.common import CommandLineError
-from keras_nvae.cli.common import image_grid
 from keras_nvae.cli.common import load_dataset
 from keras_nvae.cli.common import load_model
 from keras_nvae.cli.common import one_line
 from keras_nvae.cli.common import parse_absl_flags
 from keras_nvae.cli.common import run_main
 from keras_nvae.cli.common import write_png
+from keras_nvae.inference.grids import image_grid
 
 MODES = ("sample", "reconstruct", "interpolate")
 FILES = {
@@ -201,7 +201,7 @@ def sample():
     except ValueError as error:
         raise CommandLineError(one_line(error)) from None
     path = os.path.join(FLAGS.output_dir, FILES[FLAGS.mode])
-    write_png(path, image_grid(images, columns=columns))
+    write_png(path, image_grid(images, columns, padding=2, min_cell_size=32))
     record = {
         "mode": FLAGS.mode,
         "model": FLAGS.model,

@@ -5,6 +5,7 @@ import textwrap
 
 import tensorflow as tf
 
+from keras_nvae.errors import first_line
 from keras_nvae.data.pipeline import AUTOTUNE
 from keras_nvae.data.pipeline import _crop_and_resize
 from keras_nvae.data.pipeline import _finish
@@ -88,15 +89,6 @@ _TFDS_ALIASES = {
 }
 
 
-def _first_line(exc, limit=300):
-    """One-line summary of an exception for error messages."""
-    text = str(exc).strip().splitlines()
-    text = text[0] if text else ""
-    if len(text) > limit:
-        text = text[:limit] + "..."
-    return f"{type(exc).__name__}: {text}"
-
-
 def _not_available(builder, name, data_dir, reason, manual_dir=None):
     """Builds the `DatasetNotAvailableError` for an unprepared dataset."""
     searched = str(builder.data_dir_root)
@@ -152,7 +144,7 @@ def _tfds_builder(name, data_dir, download, manual_dir):
             builder,
             name,
             data_dir,
-            f"Downloading and preparing it failed ({_first_line(exc)}).",
+            f"Downloading and preparing it failed ({first_line(exc)}).",
             manual_dir,
         ) from None
     return builder
@@ -209,7 +201,7 @@ def _tfds_images(builder, name, split, preset, image_size, cache, shuffle, seed)
         )
     except (ValueError, KeyError) as exc:
         raise ValueError(
-            f"Cannot read split {split!r} of {name!r} ({_first_line(exc)}). "
+            f"Cannot read split {split!r} of {name!r} ({first_line(exc)}). "
             f"Available splits: {', '.join(builder.info.splits) or 'unknown'}."
         ) from None
 

@@ -66,6 +66,44 @@ def bits_per_dim(
     # {"nll_nats": 160.2, "bpd": 3.61, "num_images": 359}
     ```
     """
+    _check_counts(num_samples, max_batches, images_per_pass)
+    seeds = None if seed is None else keras.random.SeedGenerator(seed)
+    progress = ImageProgress(_num_batches(dataset, max_batches), verbose=verbose)
+    with model.averaged_weights():
+        total_nll, num_images = _summed_nll(
+            model, dataset, num_samples, max_batches, images_per_pass, seeds, progress
+        )
+    nll = total_nll / num_images
+    return {
+        "nll_nats": nll,
+        "bpd": float(distributions.nats_to_bits_per_dim(nll, model.config.num_dims)),
+        "num_images": num_images,
+    }
+
+
+def _summed_nll(model, dataset, num_samples, max_batches, images_per_pass, seeds, progress):
+    """The summed negative log-likelihood (nats) of the dataset's images, and their number.
+
+    Raises:
+        ValueError: the dataset yielded no images.
+    """
+    total_nll, num_images = 0.0, 0
+    for index, batch in enumerate(dataset):
+        if max_batches is not None and index >= max_batches:
+            break
+        images = inputs.unpack_images(batch)
+        log_px = model.log_likelihood(images, num_samples, images_per_pass, seed=seeds)
+        total_nll -= float(tf.reduce_sum(tf.cast(log_px, tf.float64)))
+        num_images += int(images.shape[0])
+        progress.update(index, num_images, [("nll_nats", total_nll / num_images)])
+    if num_images == 0:
+        raise ValueError("bits_per_dim: the dataset yielded no images.")
+    progress.finish(num_images)
+    return total_nll, num_images
+
+
+def _check_counts(num_samples, max_batches, images_per_pass):
+    """Raise a ValueError naming the argument when a count is not a positive int."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"`num_samples` must be a positive int, got {num_samples!r}.")
     for name, value in (("max_batches", max_batches), ("images_per_pass", images_per_pass)):
@@ -73,27 +111,6 @@ def bits_per_dim(
             isinstance(value, bool) or not isinstance(value, int) or value < 1
         ):
             raise ValueError(f"`{name}` must be a positive int or None, got {value!r}.")
-    seeds = None if seed is None else keras.random.SeedGenerator(seed)
-    progress = ImageProgress(_num_batches(dataset, max_batches), verbose=verbose)
-    total_nll, num_images = 0.0, 0
-    with model.averaged_weights():
-        for index, batch in enumerate(dataset):
-            if max_batches is not None and index >= max_batches:
-                break
-            images = inputs.unpack_images(batch)
-            log_px = model.log_likelihood(images, num_samples, images_per_pass, seed=seeds)
-            total_nll -= float(tf.reduce_sum(tf.cast(log_px, tf.float64)))
-            num_images += int(images.shape[0])
-            progress.update(index, num_images, [("nll_nats", total_nll / num_images)])
-    if num_images == 0:
-        raise ValueError("bits_per_dim: the dataset yielded no images.")
-    progress.finish(num_images)
-    nll = total_nll / num_images
-    return {
-        "nll_nats": nll,
-        "bpd": float(distributions.nats_to_bits_per_dim(nll, model.config.num_dims)),
-        "num_images": num_images,
-    }
 
 
 class ImageProgress:

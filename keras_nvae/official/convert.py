@@ -20,6 +20,7 @@ import re
 
 import numpy as np
 
+from keras_nvae import errors
 from keras_nvae.config import ARCHITECTURES, NVAEConfig
 from keras_nvae.data import registry as datasets
 from keras_nvae.layers.cell_ops import BNSwishConv, InvertedResidual
@@ -69,8 +70,12 @@ _SAME_NAME = (
 _COMPAT_DEFAULTS = {"ada_groups": False, "min_groups_per_scale": 1, "num_mixture_dec": 10}
 
 
-class CheckpointError(ValueError):
-    """An official checkpoint or state dict that cannot be loaded."""
+class OfficialCheckpointError(ValueError):
+    """An official (PyTorch) checkpoint or state dict that cannot be converted.
+
+    About files written by the official code; keras_nvae's own training saves
+    raise `keras_nvae.training.checkpoint_store.CheckpointError` instead.
+    """
 
 
 def config_from_official_args(args, **overrides):
@@ -245,7 +250,7 @@ def load_official_state_dict(model, state_dict):
         The model.
 
     Raises:
-        CheckpointError: a tensor of the model has no entry in the state dict,
+        OfficialCheckpointError: a tensor of the model has no entry in the state dict,
             a state dict entry is not used, or shapes differ. Nothing is
             assigned in that case.
     """
@@ -259,7 +264,7 @@ def load_official_state_dict(model, state_dict):
             lines.append(f"{len(missing)} model tensor(s) missing from the state dict: {missing[:10]}")
         if unused:
             lines.append(f"{len(unused)} state dict tensor(s) not used by the model: {unused[:10]}")
-        raise CheckpointError(
+        raise OfficialCheckpointError(
             "The official state dict does not match this NVAE configuration ("
             + "; ".join(lines)
             + "). Build the model with config_from_official_args(checkpoint['args'])."
@@ -269,14 +274,14 @@ def load_official_state_dict(model, state_dict):
         value = state_dict[name]
         if isinstance(variable, str):
             if variable == "derived" and not np.allclose(value, state_dict[transform], atol=1e-6):
-                raise CheckpointError(
+                raise OfficialCheckpointError(
                     f"State dict tensor {name!r} should equal {transform!r} but does not; "
                     "the checkpoint is corrupt."
                 )
             continue
         value = transform(value) if transform is not None else value
         if tuple(value.shape) != tuple(variable.shape):
-            raise CheckpointError(
+            raise OfficialCheckpointError(
                 f"Shape mismatch for {name!r}: checkpoint {tuple(value.shape)} (after "
                 f"layout conversion) vs model {tuple(variable.shape)} ({variable.path})."
             )
@@ -329,24 +334,24 @@ def _checked_contents(path, args, state_dict, args_name):
         (args as a dict, state_dict).
 
     Raises:
-        CheckpointError: the flags are not a dict or Namespace, or the state
+        OfficialCheckpointError: the flags are not a dict or Namespace, or the state
             dict is not a mapping of names to arrays or tensors.
     """
     if isinstance(args, argparse.Namespace):
         args = vars(args)
     if not isinstance(args, dict):
-        raise CheckpointError(
+        raise OfficialCheckpointError(
             f"{path!r}: the train.py flags ({args_name}) are {_describe(args)}, not an "
             "argparse.Namespace or dict of flag values."
         )
     if not isinstance(state_dict, dict):
-        raise CheckpointError(
+        raise OfficialCheckpointError(
             f"{path!r}: 'state_dict' is {_describe(state_dict)}, not a dict of official "
             "parameter name -> tensor."
         )
     bad = [k for k, v in state_dict.items() if not (isinstance(k, str) and hasattr(v, "shape"))]
     if bad:
-        raise CheckpointError(
+        raise OfficialCheckpointError(
             f"{path!r}: 'state_dict' entries {bad[:5]} are not official parameter "
             "name -> tensor pairs."
         )
@@ -359,16 +364,18 @@ def _read_npz(path):
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
     except Exception as error:  # zipfile/numpy errors for corrupt files
-        raise CheckpointError(f"{path!r} is not a readable .npz file: {error}") from error
+        raise OfficialCheckpointError(f"{path!r} is not a readable .npz file: {error}") from error
     args_key = next((k for k in ("args_json", "config_json") if k in arrays), None)
     if args_key is None:
-        raise CheckpointError(
+        raise OfficialCheckpointError(
             f"{path!r} has no 'args_json' entry holding the official train.py flags."
         )
     try:
         args = json.loads(str(arrays.pop(args_key)))
     except (ValueError, TypeError) as error:
-        raise CheckpointError(f"{path!r}: {args_key!r} is not valid JSON: {error}") from error
+        raise OfficialCheckpointError(
+            f"{path!r}: {args_key!r} is not valid JSON: {error}"
+        ) from error
     prefix = "param/" if any(k.startswith("param/") for k in arrays) else ""
     state = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
     return _checked_contents(path, args, state, repr(args_key))
@@ -398,13 +405,13 @@ def _torch_error_summary(error):
     text = str(error)
     if "WeightsUnpickler error:" in text:
         text = text.split("WeightsUnpickler error:", 1)[1]
-    first_line = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    sentence = first_line.split(". ")[0].rstrip(".")
+    sentence = errors.first_line(text, limit=len(text), with_type=False)
+    sentence = sentence.split(". ")[0].rstrip(".")
     return f"{type(error).__name__}: {sentence}" if sentence else type(error).__name__
 
 
 def _unreadable_torch_file(torch, path, error):
-    """The CheckpointError for a `.pt` file that `torch.load` refused or could not read.
+    """The OfficialCheckpointError for a `.pt` file that `torch.load` refused or could not read.
 
     Call it inside the `safe_globals` context, so the allowed globals are not reported.
     """
@@ -413,13 +420,13 @@ def _unreadable_torch_file(torch, path, error):
     except Exception:  # not a zip archive from torch.save: the legacy format, or not a checkpoint
         refused = _REFUSED_GLOBAL.findall(str(error))
     if refused:
-        return CheckpointError(
+        return OfficialCheckpointError(
             f"Refused to load {path!r}: it references {', '.join(sorted(refused))}, which an "
             "official NVAE checkpoint never contains (unpickling it could run code from the "
             "file; nothing from it was run). Only tensors, plain Python values and "
             "argparse.Namespace are allowed."
         )
-    return CheckpointError(
+    return OfficialCheckpointError(
         f"{path!r} is not a readable PyTorch checkpoint ({_torch_error_summary(error)}); "
         f"expected {_EXPECTED_CONTENTS}, as saved by torch.save."
     )
@@ -440,11 +447,13 @@ def _read_torch_checkpoint(path):
             # torch's message advises weights_only=False; ours names what was refused.
             raise _unreadable_torch_file(torch, path, error) from None
     if not isinstance(checkpoint, dict):
-        raise CheckpointError(f"{path!r} holds {_describe(checkpoint)}, not {_EXPECTED_CONTENTS}.")
+        raise OfficialCheckpointError(
+            f"{path!r} holds {_describe(checkpoint)}, not {_EXPECTED_CONTENTS}."
+        )
     missing = [key for key in ("args", "state_dict") if key not in checkpoint]
     if missing:
         keys = sorted(str(key) for key in checkpoint)
-        raise CheckpointError(
+        raise OfficialCheckpointError(
             f"{path!r} holds a dict with keys {keys[:10]}, without {missing}; "
             f"expected {_EXPECTED_CONTENTS}."
         )
@@ -475,7 +484,7 @@ def load_official_checkpoint(path, **overrides):
     Raises:
         FileNotFoundError: no file at `path`.
         ImportError: a `.pt` file and no torch >= 2.5.
-        CheckpointError: the file is not an official NVAE checkpoint, or its
+        OfficialCheckpointError: the file is not an official NVAE checkpoint, or its
             pickle references anything but tensors, plain Python values and
             `argparse.Namespace` (refused without running it: `.pt` files are
             read with `torch.load(weights_only=True)`), or its tensors do not

@@ -164,7 +164,7 @@ class Fixture:
         model = NVAE(self.config(**overrides))
         try:
             return convert.load_official_state_dict(model, self.state_dict(prefix))
-        except convert.CheckpointError as error:
+        except convert.OfficialCheckpointError as error:
             raise FixtureError(f"{self.path!r}: {error}") from None
 
 
@@ -356,28 +356,12 @@ def check_trajectory(path, prepare=None):
     model.converge_spectral(SPECTRAL_ITERATIONS)
     if prepare is not None:
         prepare(model)
-    lr = fixture["lr"]
     model.compile(
         optimizer=nvae_optimizers.NVAEAdamax(
-            learning_rate=float(lr[0]), l2_weight_decay=model.config.weight_decay
+            learning_rate=float(fixture["lr"][0]), l2_weight_decay=model.config.weight_decay
         )
     )
-    num_groups = int(fixture["num_groups"])
-    steps = []
-    for step in range(int(fixture["num_steps"])):
-        terms = model.replay_step(
-            fixture["x_uint8"][step],
-            noise=fixture.noise(f"step{step:02d}/", num_groups),
-            kl_coeff=float(fixture["kl_coeff"][step]),
-            reg_coeff=float(fixture["wdn"][step]),
-            learning_rate=float(lr[step]),
-        )
-        steps.append(
-            {
-                name: relative_error(terms[name], fixture[f"step{step:02d}/{name}"])
-                for name in STEP_TERMS
-            }
-        )
+    steps = _replay_recorded_steps(model, fixture)
     final = fixture.state_dict("final/")
     errors = _state_errors(model, final)
     errors = dict(sorted(errors.items(), key=lambda item: -item[1]))
@@ -405,3 +389,30 @@ def check_trajectory(path, prepare=None):
         },
         "passed": bool(passed),
     }
+
+
+def _replay_recorded_steps(model, fixture):
+    """Run `NVAE.replay_step` for every step of a trajectory fixture.
+
+    Returns:
+        One dict per step: the relative error of each of `STEP_TERMS`
+        against the recorded value.
+    """
+    lr = fixture["lr"]
+    num_groups = int(fixture["num_groups"])
+    steps = []
+    for step in range(int(fixture["num_steps"])):
+        terms = model.replay_step(
+            fixture["x_uint8"][step],
+            noise=fixture.noise(f"step{step:02d}/", num_groups),
+            kl_coeff=float(fixture["kl_coeff"][step]),
+            reg_coeff=float(fixture["wdn"][step]),
+            learning_rate=float(lr[step]),
+        )
+        steps.append(
+            {
+                name: relative_error(terms[name], fixture[f"step{step:02d}/{name}"])
+                for name in STEP_TERMS
+            }
+        )
+    return steps

@@ -6,8 +6,10 @@ import numpy as np
 import tensorflow as tf
 
 from keras_nvae.inference import evaluation
+from keras_nvae.inference.grids import image_grid
 from keras_nvae.inference import latents
 from keras_nvae import noise
+from keras_nvae.training import objectives
 
 
 # What the progress bar of `NVAE.fit` shows, with their `val_` twins.
@@ -167,7 +169,7 @@ class LatentSummaries(keras.callbacks.Callback):
         for index, value in enumerate(per_group.numpy()):
             tf.summary.scalar(f"kl/group_{index}", value)
         tf.summary.histogram("kl/per_group", per_group)
-        tf.summary.scalar("kl/active_groups", self.model._active_groups(kl))
+        tf.summary.scalar("kl/active_groups", objectives.active_groups(kl, self.model.config.num_latent_per_group))
 
     def _write_reconstructions(self):
         _, images = self.model.preprocess_images(self.images)
@@ -207,19 +209,3 @@ def restore_bn_statistics(statistics):
     """Assign the values `bn_statistics` returned back to their variables."""
     for variable, value in statistics:
         variable.assign(value)
-
-
-def image_grid(images, columns, padding=1):
-    """Tile float images (n, h, w, c) in [0, 1] into one (H, W, c) grid, grey gaps."""
-    count, height, width, channels = images.shape
-    rows = -(-count // columns)
-    grid = np.full(
-        (rows * (height + padding) + padding, columns * (width + padding) + padding, channels),
-        0.5,
-        np.float32,
-    )
-    for index, image in enumerate(np.clip(images, 0.0, 1.0)):
-        top = padding + (index // columns) * (height + padding)
-        left = padding + (index % columns) * (width + padding)
-        grid[top : top + height, left : left + width] = image
-    return grid

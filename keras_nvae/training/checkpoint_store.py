@@ -22,7 +22,11 @@ STATE_PREFIX = "state-"
 
 
 class CheckpointError(RuntimeError):
-    """Saved training state that cannot be used (no intact save, another model)."""
+    """Saved training state that cannot be used (no intact save, another model).
+
+    About keras_nvae's own saves (`CheckpointStore`); a foreign file from the
+    official code raises `keras_nvae.convert.OfficialCheckpointError` instead.
+    """
 
 
 class CheckpointWriteError(OSError):

@@ -328,13 +328,7 @@ def fit_resumable(
     """
     store = CheckpointStore(directory) if directory else None
     checkpoint = TrainingCheckpoint(store, steps_per_epoch, checkpoint_every_steps, step_log)
-    checkpoint.set_model(model)
-    with model.distribute_strategy.scope():
-        if not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
-    if step_log:
-        os.makedirs(os.path.dirname(os.path.abspath(step_log)), exist_ok=True)
-    checkpoint.restore()
+    _restore_for_fit(model, checkpoint, step_log)
     fit_kwargs.setdefault("shuffle", False)  # Each epoch's data comes shuffled.
     one_epoch = _OneEpoch()
     all_callbacks = list(callbacks) + [checkpoint, one_epoch]
@@ -355,6 +349,17 @@ def fit_resumable(
     if checkpoint.signal_number is not None:
         raise TrainingInterrupted(checkpoint.signal_number, checkpoint.step, directory)
     return _history(checkpoint.history)
+
+
+def _restore_for_fit(model, checkpoint, step_log):
+    """Build the optimizer (so its slots are restored too), then restore the newest save."""
+    checkpoint.set_model(model)
+    with model.distribute_strategy.scope():
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+    if step_log:
+        os.makedirs(os.path.dirname(os.path.abspath(step_log)), exist_ok=True)
+    checkpoint.restore()
 
 
 def _history(epochs):

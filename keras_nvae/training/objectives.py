@@ -12,7 +12,10 @@ import math
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
+
+from keras_nvae import distributions
 
 
 def kl_warmup_coefficient(
@@ -393,3 +396,56 @@ def regularization_coefficient(
     log_init = math.log(weight_decay_norm_init)
     log_final = math.log(weight_decay_norm)
     return ops.exp((1.0 - beta) * log_init + beta * log_final)
+
+
+def elbo_terms(config, out):
+    """Batch means of the NELBO, its two parts, its bits/dim and the active groups.
+
+    Args:
+        config: the model's `NVAEConfig`.
+        out: the model's outputs (`NVAE.call`), with "recon_nll" and "kl".
+
+    Returns:
+        dict with "nelbo", "recon", "kl", "bpd" and "active_groups".
+    """
+    kl = tf.reduce_sum(out["kl"], axis=1)
+    nelbo = tf.reduce_mean(out["recon_nll"] + kl)
+    return {
+        "nelbo": nelbo,
+        "recon": tf.reduce_mean(out["recon_nll"]),
+        "kl": tf.reduce_mean(kl),
+        "bpd": distributions.nats_to_bits_per_dim(nelbo, config.num_dims),
+        "active_groups": active_groups(out["kl"], config.num_latent_per_group),
+    }
+
+
+def active_groups(kl_per_group, num_latent_per_group):
+    """Number of groups whose batch-mean KL per latent channel exceeds 0.1 nats."""
+    per_channel = tf.reduce_mean(kl_per_group, axis=0) / num_latent_per_group
+    return tf.reduce_sum(tf.cast(per_channel > 0.1, tf.float32))
+
+
+def configured_regularization(config, beta, reg_coeff=None):
+    """The weight lambda of the spectral and BN regularisers, and whether they are added.
+
+    Args:
+        config: an `NVAEConfig` (`weight_decay_norm`, `weight_decay_norm_init`,
+            `weight_decay_norm_anneal`).
+        beta: the step's KL warm-up coefficient.
+        reg_coeff: a weight fixed by the caller, or None for the configured
+            one (annealed with `beta` when `weight_decay_norm_anneal`).
+
+    Returns:
+        `(reg_coeff, regularised)`: a float32 scalar tensor, and a Python bool
+        that is false when the configured `weight_decay_norm` is 0 (a fixed
+        `reg_coeff` is always added).
+    """
+    if reg_coeff is not None:
+        return tf.cast(reg_coeff, tf.float32), True
+    coeff = regularization_coefficient(
+        beta,
+        config.weight_decay_norm,
+        config.weight_decay_norm_init,
+        anneal=config.weight_decay_norm_anneal,
+    )
+    return coeff, config.weight_decay_norm > 0

@@ -274,3 +274,29 @@ class WarmupCosineSchedule(keras.optimizers.schedules.LearningRateSchedule):
             "total_steps": self.total_steps,
             "steps_per_epoch": self.steps_per_epoch,
         }
+
+
+def default_schedule(config, total_steps, steps_per_epoch=None):
+    """The preset's learning-rate schedule: linear warm-up, then cosine decay.
+
+    Args:
+        config: an `NVAEConfig` (`learning_rate`, `learning_rate_min`,
+            `warmup_epochs`, `epochs`).
+        total_steps: steps the schedule spans.
+        steps_per_epoch: steps per epoch, or None; with it the warm-up lasts
+            `warmup_epochs` epochs and the cosine is stepped per epoch.
+
+    Returns:
+        A `WarmupCosineSchedule`.
+    """
+    if steps_per_epoch:
+        warmup = int(config.warmup_epochs * steps_per_epoch)
+    else:
+        warmup = int(round(total_steps * config.warmup_epochs / config.epochs))
+    return WarmupCosineSchedule(
+        peak_learning_rate=config.learning_rate,
+        min_learning_rate=config.learning_rate_min,
+        warmup_steps=min(warmup, total_steps),
+        total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch,
+    )

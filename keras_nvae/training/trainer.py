@@ -6,12 +6,12 @@ import tensorflow as tf
 
 from keras_nvae import compat
 from keras_nvae.training import callbacks as nvae_callbacks
-from keras_nvae import distributions
 from keras_nvae import inputs
 from keras_nvae.layers.conv import Conv2D, spectral_matrices
 from keras_nvae.layers.normalization import BatchNorm
 from keras_nvae.official import layout as official_layout
-from keras_nvae.training.guarded_updates import GuardedUpdates
+from keras_nvae.training import guarded_updates
+from keras_nvae.training import step_guard
 from keras_nvae.training import objectives
 from keras_nvae.training import optimizers as nvae_optimizers
 
@@ -32,16 +32,19 @@ METRIC_NAMES = (
 DEFAULT_TOTAL_STEPS = 10_000
 
 
-class NVAETrainer(GuardedUpdates):
+class NVAETrainer:
     """How an NVAE network is trained: a mixin for `keras.Model` subclasses.
 
     It owns the training state (step counter, the number of steps the
     schedules span, the spectral regulariser's power-iteration vectors and
     the metrics) and the policy: the objective (reconstruction, balanced KL
     with warm-up, spectral and BN regularisers), the default optimizer and
-    learning-rate schedule, `train_step`/`test_step` (updates guarded by
-    `GuardedUpdates`), and the workarounds that `tf.distribute` needs. The network comes from the class it is mixed
-    into (`keras_nvae.network.NVAENetwork`); `keras_nvae.NVAE` combines both.
+    learning-rate schedule, `train_step`/`test_step`, and the workarounds
+    that `tf.distribute` needs. Updates go through a
+    `guarded_updates.GuardedUpdate` the trainer owns (skipped bad steps,
+    clipping, the `ema_decay` weight average that `evaluate` and validation
+    use). The network comes from the class it is mixed into
+    (`keras_nvae.network.NVAENetwork`); `keras_nvae.NVAE` combines both.
     """
 
     def __init__(self, config=None, **kwargs):
@@ -82,7 +85,11 @@ class NVAETrainer(GuardedUpdates):
         self.spectral_regularizer.build(
             [conv.spectral_matrix_shape for conv in self._conv_layers]
         )
-        self._build_guard()
+        self._guarded_update = guarded_updates.GuardedUpdate.from_config(
+            self.config, self.trainable_variables
+        )
+        self.step_guard = self._guarded_update.step_guard
+        self.weight_average = self._guarded_update.weight_average
 
     # --------------------------------------------------------------- compile
     @property
@@ -135,7 +142,9 @@ class NVAETrainer(GuardedUpdates):
         self._schedule_pending = pending
         if not self._default_optimizer_wanted:
             return
-        schedule = self._default_schedule(total_steps)
+        schedule = nvae_optimizers.default_schedule(
+            self.config, total_steps, self._schedule_steps_per_epoch
+        )
         if self.optimizer is None:
             with self.distribute_strategy.scope():
                 optimizer = nvae_optimizers.NVAEAdamax(
@@ -145,21 +154,6 @@ class NVAETrainer(GuardedUpdates):
         else:
             _replace_schedule(self.optimizer, schedule)
             self.train_function = None  # The traced step holds the old schedule.
-
-    def _default_schedule(self, total_steps):
-        c = self.config
-        steps_per_epoch = self._schedule_steps_per_epoch
-        if steps_per_epoch:
-            warmup = int(c.warmup_epochs * steps_per_epoch)
-        else:
-            warmup = int(round(total_steps * c.warmup_epochs / c.epochs))
-        return nvae_optimizers.WarmupCosineSchedule(
-            peak_learning_rate=c.learning_rate,
-            min_learning_rate=c.learning_rate_min,
-            warmup_steps=min(warmup, total_steps),
-            total_steps=total_steps,
-            steps_per_epoch=steps_per_epoch,
-        )
 
     def get_compile_config(self):
         if not self.compiled:
@@ -189,8 +183,11 @@ class NVAETrainer(GuardedUpdates):
             epochs_run = int(epochs) - int(kwargs.get("initial_epoch", 0))
             trained = int(keras.ops.convert_to_numpy(self.global_step))
             self._set_schedule_span(trained + epochs_run * per_epoch)
+        monitor = step_guard.NonFiniteStepMonitor(
+            self.config.max_consecutive_nonfinite, self.describe_nonfinite
+        )
         kwargs["callbacks"] = nvae_callbacks.with_progress_bar(
-            kwargs.get("callbacks"), kwargs.get("verbose", "auto")
+            [*(kwargs.get("callbacks") or []), monitor], kwargs.get("verbose", "auto")
         )
         return super().fit(x, y, epochs=epochs, steps_per_epoch=steps_per_epoch, **kwargs)
 
@@ -252,22 +249,12 @@ class NVAETrainer(GuardedUpdates):
         )
         objective = tf.reduce_mean(out["recon_nll"] + balanced_kl)
         spectral, bn_reg = self.regularization_terms(training=training)
-        if reg_coeff is None:
-            reg_coeff = objectives.regularization_coefficient(
-                beta,
-                c.weight_decay_norm,
-                c.weight_decay_norm_init,
-                anneal=c.weight_decay_norm_anneal,
-            )
-            regularised = c.weight_decay_norm > 0
-        else:
-            reg_coeff = tf.cast(reg_coeff, tf.float32)
-            regularised = True
+        reg_coeff, regularised = objectives.configured_regularization(c, beta, reg_coeff)
         if regularised:
             objective = objective + reg_coeff * (spectral + bn_reg)
         return {
             "loss": objective,
-            **self._elbo_terms(out),
+            **objectives.elbo_terms(self.config, out),
             "kl_coeff": beta,
             "spectral": spectral,
             "bn_reg": bn_reg,
@@ -305,28 +292,36 @@ class NVAETrainer(GuardedUpdates):
         )
         return converge()
 
-    def _elbo_terms(self, out):
-        """Batch means of the NELBO, its two parts, and its bits/dim."""
-        kl = tf.reduce_sum(out["kl"], axis=1)
-        nelbo = tf.reduce_mean(out["recon_nll"] + kl)
-        return {
-            "nelbo": nelbo,
-            "recon": tf.reduce_mean(out["recon_nll"]),
-            "kl": tf.reduce_mean(kl),
-            "bpd": distributions.nats_to_bits_per_dim(nelbo, self.config.num_dims),
-            "active_groups": self._active_groups(out["kl"]),
-        }
+    # ----------------------------------------------------------------- guard
+    def evaluate(self, *args, **kwargs):
+        with self._guarded_update.averaged_weights(self.trainable_variables):
+            return super().evaluate(*args, **kwargs)
 
-    def _active_groups(self, kl_per_group):
-        # A group is active when its batch-mean KL per latent channel exceeds 0.1.
-        per_channel = tf.reduce_mean(kl_per_group, axis=0) / self.config.num_latent_per_group
-        return tf.reduce_sum(tf.cast(per_channel > 0.1, tf.float32))
+    def describe_nonfinite(self):
+        """What was non-finite first in the last non-finite step, and what to do.
+
+        Returns:
+            `(source, advice)` strings, e.g. `("the input images (NaN or
+            infinite pixels)", "Remove or repair ...")`.
+        """
+        names = guarded_updates.check_names(self.num_groups)
+        return self._guarded_update.describe_nonfinite(names, self.trainable_variables)
+
+    def bn_moving_variables(self):
+        """The moving mean and variance of every BN layer, layer by layer."""
+        return [v for layer in self._bn_layers for v in (layer.moving_mean, layer.moving_variance)]
+
+    def _forward_state(self):
+        """The variables a training-mode forward pass changes: BN statistics, power iteration."""
+        return self.bn_moving_variables() + list(self.spectral_regularizer.variables)
 
     # ----------------------------------------------------------------- steps
     def train_step(self, data):
         images = inputs.unpack_images(data)
         terms, finite = self._train_update(images)
-        self._update_trackers(*self._finite_only(terms, finite, tf.shape(images)[0]))
+        self._update_trackers(
+            *guarded_updates.finite_only(terms, finite, tf.shape(images)[0])
+        )
         return self._logs(self._trackers)
 
     def _train_update(self, images, noise=None, kl_coeff=None, reg_coeff=None):
@@ -334,7 +329,7 @@ class NVAETrainer(GuardedUpdates):
 
         Computes the objective (see `compute_objective`; None arguments take
         the schedules' values), differentiates it, applies the optimizer and
-        advances `global_step`, unless the step is skipped (`GuardedUpdates`).
+        advances `global_step`, unless the step is skipped (`GuardedUpdate`).
 
         Returns:
             `(terms, finite)`: the objective's terms (dict of tensors) before
@@ -350,7 +345,16 @@ class NVAETrainer(GuardedUpdates):
             loss = terms["loss"] / replicas
             scaled = self.optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, variables)
-        return terms, self._guarded_apply(images, terms, grads, before)
+        applied, finite = self._guarded_update.apply(
+            self.optimizer,
+            variables,
+            grads,
+            guarded_updates.finiteness_checks(images, terms),
+            self._forward_state(),
+            before,
+        )
+        self.global_step.assign_add(tf.cast(applied, "int64"))
+        return terms, finite
 
     def replay_step(self, images, noise, kl_coeff, reg_coeff, learning_rate=None):
         """One training step with given noise, coefficients and learning rate.
@@ -388,20 +392,12 @@ class NVAETrainer(GuardedUpdates):
         >>> terms = model.replay_step(images, noise, kl_coeff=0.5,
         ...                           reg_coeff=0.1, learning_rate=5e-3)
         """
-        if getattr(self, "optimizer", None) is None:
-            raise ValueError(
-                "NVAE.replay_step needs an optimizer: call "
-                "model.compile(optimizer=keras_nvae.optimizers.NVAEAdamax(...)) first."
-            )
-        if learning_rate is not None:
-            _set_learning_rate(self.optimizer, learning_rate)
-        if not self.optimizer.built:
-            self.optimizer.build(self.trainable_variables)
+        _prepare_replay(getattr(self, "optimizer", None), learning_rate, self.trainable_variables)
         return self._train_update(images, noise, kl_coeff=kl_coeff, reg_coeff=reg_coeff)[0]
 
     def test_step(self, data):
         images = inputs.unpack_images(data)
-        values = self._elbo_terms(self(images, training=False))
+        values = objectives.elbo_terms(self.config, self(images, training=False))
         values["loss"] = values["nelbo"]
         self._update_trackers(values, tf.shape(images)[0])
         return self._logs(values)
@@ -424,7 +420,7 @@ class NVAETrainer(GuardedUpdates):
 
     def _logs(self, values):
         logs = {name: self._trackers[name].result() for name in values}
-        logs.update(self._guard_logs() if values is self._trackers else {})
+        logs.update(self._guarded_update.logs() if values is self._trackers else {})
         if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
             # Keras reduces step outputs along axis 0, which scalars lack under
             # MultiWorkerMirroredStrategy (Keras 3.15); the reduction of
@@ -450,6 +446,23 @@ def _replace_schedule(optimizer, schedule):
     optimizer.learning_rate = schedule
 
 
+def _prepare_replay(optimizer, learning_rate, variables):
+    """Give `optimizer` the learning rate of a replayed step and build it for `variables`.
+
+    Raises a clear error when there is no optimizer, or when `learning_rate`
+    is given and `optimizer` follows a schedule.
+    """
+    if optimizer is None:
+        raise ValueError(
+            "NVAE.replay_step needs an optimizer: call "
+            "model.compile(optimizer=keras_nvae.optimizers.NVAEAdamax(...)) first."
+        )
+    if learning_rate is not None:
+        _set_learning_rate(optimizer, learning_rate)
+    if not optimizer.built:
+        optimizer.build(variables)
+
+
 def _set_learning_rate(optimizer, learning_rate):
     """Assign a float learning rate; a clear error when `optimizer` follows a schedule."""
     try:
@@ -468,7 +481,7 @@ def _flatten(modules):
     """Every layer under `modules`, in the order Keras flattens a model made of them.
 
     The convolutions and BN layers are kept in this order, and so is the
-    spectral regulariser's state (as in every keras_nvae version).
+    spectral regulariser's state, whose variable order saved files depend on.
     """
     ordered, stack = [], list(reversed(modules))
     while stack:
