@@ -291,9 +291,10 @@ def fit(model, train_data, test_data, steps, directory, callbacks):
         The history: {metric: [value per epoch]}, epochs before a resume included.
 
     Raises:
-        CommandLineError: the training state cannot be saved or restored, or too many
-            consecutive steps were non-finite.
+        CommandLineError: the training state cannot be saved or restored, too many
+            consecutive steps were non-finite, or an image cannot be decoded.
     """
+    from keras_nvae.data.image_files import BadImageFileError
     from keras_nvae.training import checkpoint_store
     from keras_nvae.training import checkpointing
     from keras_nvae.training.step_guard import NonFiniteTrainingError
@@ -324,6 +325,21 @@ def fit(model, train_data, test_data, steps, directory, callbacks):
         NonFiniteTrainingError,
     ) as error:
         raise CommandLineError(one_line(error)) from None
+    except BadImageFileError as error:
+        raise CommandLineError(f"{error} {_what_was_kept(directory)}") from None
+
+
+def _what_was_kept(directory):
+    """Where a run stopped by a bad image left its training state."""
+    checkpoints = os.path.join(directory, "checkpoints")
+    if not FLAGS.resume:
+        return f"Training stopped; the last epoch's model is in {directory}/model.keras."
+    if not os.path.isdir(checkpoints) or not os.listdir(checkpoints):
+        return "Training stopped before its first save; nothing was trained."
+    return (
+        f"Training stopped; the steps before the bad batch are saved in {checkpoints}: "
+        "after the fix, run the same command again to resume."
+    )
 
 
 def log_training_start(model, config, steps, replicas, directory):
