@@ -108,5 +108,5 @@ def test_nvae_train_prints_one_paragraph_naming_the_corrupt_file(folder, tmp_pat
         f"train: error: An image file cannot be used: {folder / 'train' / 'b.jpg'} (corrupt "
         "inside: its start and end look complete but it cannot be decoded). Remove or replace "
         "them, or pass skip_bad_images=True (nvae-train: --skip_bad_images) to leave them out. "
-        "Training stopped before its first save; nothing was trained."
+        "Training stopped before its first save; nothing was kept."
     ), result.stderr

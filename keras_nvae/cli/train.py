@@ -332,14 +332,15 @@ def fit(model, train_data, test_data, steps, directory, callbacks):
 def _what_was_kept(directory):
     """Where a run stopped by a bad image left its training state."""
     checkpoints = os.path.join(directory, "checkpoints")
-    if not FLAGS.resume:
-        return f"Training stopped; the last epoch's model is in {directory}/model.keras."
-    if not os.path.isdir(checkpoints) or not os.listdir(checkpoints):
-        return "Training stopped before its first save; nothing was trained."
-    return (
-        f"Training stopped; the steps before the bad batch are saved in {checkpoints}: "
-        "after the fix, run the same command again to resume."
-    )
+    model_file = os.path.join(directory, "model.keras")
+    if FLAGS.resume and os.path.isdir(checkpoints) and os.listdir(checkpoints):
+        return (
+            f"Training stopped; its last save (every --checkpoint_every_steps steps) is in "
+            f"{checkpoints}: after the fix, run the same command again to resume."
+        )
+    if os.path.exists(model_file):
+        return f"Training stopped; the last finished epoch's model is in {model_file}."
+    return "Training stopped before its first save; nothing was kept."
 
 
 def log_training_start(model, config, steps, replicas, directory):

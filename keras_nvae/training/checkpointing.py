@@ -45,7 +45,6 @@ from keras_nvae.training.checkpoint_store import _describe
 from keras_nvae.training.checkpoint_store import metric_variables
 from keras_nvae.training.checkpoint_store import state_variables
 from keras_nvae.training.checkpoint_store import write_failure
-from keras_nvae.data.image_files import BadImageFileError
 
 
 class TrainingInterrupted(Exception):
@@ -326,8 +325,6 @@ def fit_resumable(
         TrainingInterrupted: SIGTERM/SIGINT arrived; the state was saved.
         CheckpointWriteError: a save could not be written.
         CheckpointError: the saves in `directory` cannot be used.
-        BadImageFileError: a training image cannot be decoded; the steps
-            trained before it are saved first.
     """
     store = CheckpointStore(directory) if directory else None
     checkpoint = TrainingCheckpoint(store, steps_per_epoch, checkpoint_every_steps, step_log)
@@ -345,19 +342,14 @@ def fit_resumable(
         while checkpoint.epoch < epochs and checkpoint.signal_number is None:
             epoch, skip = checkpoint.epoch, checkpoint.batch
             data = make_train_data(epoch).take(steps_per_epoch).skip(skip)
-            try:
-                model.fit(
-                    data,
-                    initial_epoch=epoch,
-                    epochs=epochs,
-                    steps_per_epoch=steps_per_epoch - skip,
-                    callbacks=all_callbacks,
-                    **fit_kwargs,
-                )
-            except BadImageFileError:
-                if 0 < checkpoint.batch < steps_per_epoch:
-                    checkpoint.save()  # The steps before the bad batch are kept.
-                raise
+            model.fit(
+                data,
+                initial_epoch=epoch,
+                epochs=epochs,
+                steps_per_epoch=steps_per_epoch - skip,
+                callbacks=all_callbacks,
+                **fit_kwargs,
+            )
             if checkpoint.epoch == epoch or one_epoch.stop_requested:
                 break  # A signal, or another callback stopped training.
     if checkpoint.signal_number is not None:
