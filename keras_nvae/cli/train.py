@@ -291,9 +291,10 @@ def fit(model, train_data, test_data, steps, directory, callbacks):
         The history: {metric: [value per epoch]}, epochs before a resume included.
 
     Raises:
-        CommandLineError: the training state cannot be saved or restored, or too many
-            consecutive steps were non-finite.
+        CommandLineError: the training state cannot be saved or restored, too many
+            consecutive steps were non-finite, or an image cannot be decoded.
     """
+    from keras_nvae.data.image_files import BadImageFileError
     from keras_nvae.training import checkpoint_store
     from keras_nvae.training import checkpointing
     from keras_nvae.training.step_guard import NonFiniteTrainingError
@@ -324,6 +325,22 @@ def fit(model, train_data, test_data, steps, directory, callbacks):
         NonFiniteTrainingError,
     ) as error:
         raise CommandLineError(one_line(error)) from None
+    except BadImageFileError as error:
+        raise CommandLineError(f"{error} {_what_was_kept(directory)}") from None
+
+
+def _what_was_kept(directory):
+    """Where a run stopped by a bad image left its training state."""
+    checkpoints = os.path.join(directory, "checkpoints")
+    model_file = os.path.join(directory, "model.keras")
+    if FLAGS.resume and os.path.isdir(checkpoints) and os.listdir(checkpoints):
+        return (
+            f"Training stopped; its last save (every --checkpoint_every_steps steps) is in "
+            f"{checkpoints}: after the fix, run the same command again to resume."
+        )
+    if os.path.exists(model_file):
+        return f"Training stopped; the last finished epoch's model is in {model_file}."
+    return "Training stopped before its first save; nothing was kept."
 
 
 def log_training_start(model, config, steps, replicas, directory):

@@ -41,8 +41,9 @@ def _image_file_decoder(image_size, channels, skip_bad_images=False):
     """Returns a function from a dataset of image file names to their images.
 
     A file that cannot be read or decoded stops the iteration with an
-    `InvalidArgumentError` whose message names the file or, with
-    `skip_bad_images`, is left out (`tf.data` logs a warning).
+    `InvalidArgumentError` whose message names the file (`image_files.decode_error`
+    turns it into a `BadImageFileError`) or, with `skip_bad_images`, is left
+    out with a warning that names it and counts the files skipped.
 
     Args:
         image_size: side length of the output images.
@@ -53,36 +54,38 @@ def _image_file_decoder(image_size, channels, skip_bad_images=False):
         A function mapping a dataset of PNG/JPEG file names to one of the
         centre-cropped, resized `(image_size, image_size, channels)` images.
     """
+    skipped = image_files.SkippedImages()
 
     def decode(filename):
         image = tf.io.decode_image(
             tf.io.read_file(filename), channels=channels, expand_animations=False
         )
         image = _crop_and_resize(image, image_size)
-        return tf.ensure_shape(image, [image_size, image_size, channels])
+        return tf.ensure_shape(image, [image_size, image_size, channels]), True
 
-    def unreadable(filename):
-        message = tf.strings.join(
-            [
-                "keras_nvae cannot decode the image file ",
-                filename,
-                " (truncated, empty, or not a PNG or JPEG). Remove or replace it.",
-            ]
-        )
-        with tf.control_dependencies([tf.debugging.Assert(False, [message])]):
-            return tf.zeros([image_size, image_size, channels], tf.uint8)
+    def undecodable(filename):
+        if skip_bad_images:
+            done = tf.py_function(lambda path: skipped.record(path.numpy()) or True, [filename], tf.bool)
+        else:
+            message = tf.strings.join(
+                [image_files.CORRUPT_MARKER, filename, f" ({image_files.CORRUPT_PROBLEM})."]
+            )
+            done = tf.debugging.Assert(False, [message])
+        with tf.control_dependencies([done]):
+            return tf.zeros([image_size, image_size, channels], tf.uint8), False
 
-    def decode_or_fail(filename):
+    def decode_or_report(filename):
         # Decoding errors cannot be caught inside a graph; a one-file dataset
-        # that ignores them falls through to `unreadable`, which names the file.
+        # that ignores them falls through to `undecodable`, which names the file.
         file = tf.data.Dataset.from_tensors(filename)
         decoded = file.map(decode).ignore_errors()
-        return decoded.concatenate(file.map(unreadable)).take(1).get_single_element()
+        return decoded.concatenate(file.map(undecodable)).take(1).get_single_element()
 
     def decode_files(files):
+        images = files.map(decode_or_report, num_parallel_calls=AUTOTUNE)
         if skip_bad_images:
-            return files.map(decode, num_parallel_calls=AUTOTUNE).ignore_errors(log_warning=True)
-        return files.map(decode_or_fail, num_parallel_calls=AUTOTUNE)
+            images = images.filter(lambda image, decoded: decoded)
+        return images.map(lambda image, decoded: image)
 
     return decode_files
 
@@ -124,8 +127,8 @@ def load_image_folder(
             when they take at most 1 GiB.
         shuffle_buffer: shuffle buffer size when the images are cached
             (otherwise the file list is shuffled in full).
-        skip_bad_images: leave out bad files (named in a warning) and files
-            that fail to decode (logged by `tf.data`) instead of raising.
+        skip_bad_images: leave out bad files and files that fail to decode
+            instead of raising (both named and counted in warnings).
 
     Returns:
         A `tf.data.Dataset` of `(batch, image_size, image_size, channels)`
@@ -135,7 +138,8 @@ def load_image_folder(
         FileNotFoundError: if the folder does not exist or has no images.
         BadImageFileError: naming empty, truncated or non-image files.
         tf.errors.InvalidArgumentError: while iterating, naming a file that
-            passed the check but cannot be decoded (corrupt inside).
+            passed the check but cannot be decoded (corrupt inside);
+            `NVAE.fit` raises it as a `BadImageFileError`.
 
     Example:
     ```python

@@ -5,10 +5,14 @@ it is a PNG or a JPEG at all, and its end whether it was written completely
 (a JPEG ends with the end-of-image marker FF D9, a PNG with its IEND chunk).
 That finds empty, truncated and non-image files at dataset creation, for
 about as much time as opening the file; a file whose middle is corrupt
-passes and fails when it is decoded.
+passes that check; it fails when it is decoded, and `decode_error` turns
+that failure into a `BadImageFileError`.
 """
 
+import contextlib
 import os
+import re
+import threading
 import warnings
 
 import tensorflow as tf
@@ -19,6 +23,10 @@ _JPEG_SIGNATURE = b"\xff\xd8\xff"
 # never holds FF D9, so a marker near the end means the file is complete.
 _TAIL_BYTES = 1024
 _LISTED = 5
+# The prefix of the assertion that a pipeline raises for a file it cannot decode.
+CORRUPT_MARKER = "keras_nvae cannot decode the image file "
+CORRUPT_PROBLEM = "corrupt inside: its start and end look complete but it cannot be decoded"
+_CORRUPT_PATTERN = re.compile(re.escape(CORRUPT_MARKER) + r"(.*?) \(" + re.escape(CORRUPT_PROBLEM))
 
 
 class BadImageFileError(ValueError):
@@ -28,12 +36,74 @@ class BadImageFileError(ValueError):
         problems: list of `(path, what is wrong)` pairs.
     """
 
-    def __init__(self, problems, total):
+    def __init__(self, problems, total=None):
         self.problems = list(problems)
+        counted = f"{len(self.problems)} of {total} image files" if total else "An image file"
         super().__init__(
-            f"{len(self.problems)} of {total} image files cannot be used: "
-            f"{describe(self.problems)}. Remove or replace them, or pass "
-            "skip_bad_images=True (nvae-train: --skip_bad_images) to leave them out."
+            f"{counted} cannot be used: {describe(self.problems)}. Remove or replace "
+            "them, or pass skip_bad_images=True (nvae-train: --skip_bad_images) to "
+            "leave them out."
+        )
+
+
+def decode_error(error):
+    """The `BadImageFileError` behind a pipeline's decoding failure, if it is one.
+
+    Args:
+        error: an exception raised while iterating over a dataset.
+
+    Returns:
+        A `BadImageFileError` naming the file that `keras_nvae.data` could not
+        decode, or None if `error` is not that failure.
+    """
+    match = _CORRUPT_PATTERN.search(str(error))
+    return BadImageFileError([(match.group(1), CORRUPT_PROBLEM)]) if match else None
+
+
+@contextlib.contextmanager
+def decode_errors_named():
+    """Re-raises a pipeline's decoding failure inside the block as a `BadImageFileError`.
+
+    Example:
+    ```python
+    with decode_errors_named():
+        model.fit(load_image_folder("photos", 64))
+    ```
+    """
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as error:
+        bad_image = decode_error(error)
+        if bad_image is None:
+            raise
+        raise bad_image from None
+
+
+class SkippedImages:
+    """Counts the files a pipeline leaves out because they cannot be decoded.
+
+    Each file is warned about once, with the count so far.
+
+    Attributes:
+        files: the files skipped, in the order they were found.
+    """
+
+    def __init__(self):
+        self.files = []
+        self._lock = threading.Lock()
+
+    def record(self, path):
+        """Note that `path` (bytes or str) could not be decoded and was left out."""
+        path = path.decode() if isinstance(path, bytes) else str(path)
+        with self._lock:
+            if path in self.files:
+                return
+            self.files.append(path)
+            count = len(self.files)
+        warnings.warn(
+            f"Skipping the image file {path} ({CORRUPT_PROBLEM}); {count} image "
+            f"file{'s' if count > 1 else ''} skipped so far because they cannot be decoded.",
+            stacklevel=2,
         )
 
 

@@ -5,6 +5,7 @@ import keras
 import tensorflow as tf
 
 from keras_nvae import compat
+from keras_nvae.data import image_files
 from keras_nvae.training import callbacks as nvae_callbacks
 from keras_nvae import inputs
 from keras_nvae.layers.conv import Conv2D, spectral_matrices
@@ -189,7 +190,8 @@ class NVAETrainer:
         kwargs["callbacks"] = nvae_callbacks.with_progress_bar(
             [*(kwargs.get("callbacks") or []), monitor], kwargs.get("verbose", "auto")
         )
-        return super().fit(x, y, epochs=epochs, steps_per_epoch=steps_per_epoch, **kwargs)
+        with image_files.decode_errors_named():
+            return super().fit(x, y, epochs=epochs, steps_per_epoch=steps_per_epoch, **kwargs)
 
     # ------------------------------------------------------------- objective
     def kl_coefficient(self, step=None):
