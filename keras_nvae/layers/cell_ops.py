@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from keras_nvae.layers.conv import Conv2D
+from keras_nvae.layers.fused import bn_swish_consumer
 from keras_nvae.layers.normalization import BatchNorm
 
 
@@ -52,6 +53,10 @@ def resampling_of(cell_type):
     return (2 if cell_type.startswith("down") else 1), cell_type.startswith("up")
 
 
+def _effective_kernel(conv):
+    return tf.cast(conv.normalized_kernel(), conv.compute_dtype)
+
+
 def _check_resampling(stride, upsample):
     if stride not in (1, 2):
         raise ValueError(
@@ -73,7 +78,8 @@ def _upgrade_resampling_config(config):
 class BNSwishConv(keras.layers.Layer):
     """BN - Swish - [nearest x2 if upsample] - weight-normalised Conv3x3 (with bias).
 
-    NVAE's encoder op (`res_bnswish`).
+    NVAE's encoder op (`res_bnswish`). Only the BN input is kept for the
+    backward pass (see `bn_swish_consumer`).
 
     Args:
         filters: output channels.
@@ -106,10 +112,13 @@ class BNSwishConv(keras.layers.Layer):
         self.conv.build(input_shape)
 
     def call(self, inputs, training=None):
-        x = tf.nn.silu(self.bn(inputs, training=training))
-        if self.upsample:
-            x = upsample_nearest(x)
-        return self.conv(x)
+        def consumer(s, kernel):
+            return self.conv.convolve(upsample_nearest(s) if self.upsample else s, kernel)
+
+        y = bn_swish_consumer(
+            self.bn, inputs, consumer, (_effective_kernel(self.conv),), training
+        )
+        return y + tf.cast(self.conv.bias, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return resampled_shape(input_shape, self.filters, self.stride, self.upsample)
@@ -133,7 +142,8 @@ class InvertedResidual(keras.layers.Layer):
     [nearest x2 if upsample] - BN - Conv1x1 (expand) - BN - Swish - depthwise
     ConvKxK - BN - Swish - Conv1x1 - BN. The convolutions have no bias and no weight
     normalisation, as in the official `InvertedResidual`. The hidden width is
-    `round(C_in * expansion)` of the op's input width.
+    `round(C_in * expansion)` of the op's input width. Each BN - Swish - conv
+    keeps only its BN input for the backward pass (see `bn_swish_consumer`).
 
     Args:
         filters: output channels.
@@ -196,10 +206,13 @@ class InvertedResidual(keras.layers.Layer):
         x = inputs
         if self.upsample:
             x = upsample_nearest(x)
-        x = self.bn_in(x, training=training)
-        x = tf.nn.silu(self.bn_expand(self.conv_expand(x), training=training))
-        x = tf.nn.silu(self.bn_depthwise(self.conv_depthwise(x), training=training))
-        return self.bn_out(self.conv_project(x), training=training)
+        x = self.conv_expand(self.bn_in(x, training=training))
+        for bn, conv in (
+            (self.bn_expand, self.conv_depthwise),
+            (self.bn_depthwise, self.conv_project),
+        ):
+            x = bn_swish_consumer(bn, x, conv.convolve, (_effective_kernel(conv),), training)
+        return self.bn_out(x, training=training)
 
     def compute_output_shape(self, input_shape):
         return resampled_shape(input_shape, self.filters, self.stride, self.upsample)

@@ -243,7 +243,22 @@ class Conv2D(RootScopedWeights, keras.layers.Layer):
         return (self.filters, int(np.prod(self.kernel.shape[:-1])))
 
     def call(self, inputs):
-        kernel = tf.cast(self.normalized_kernel(), self.compute_dtype)
+        y = self.convolve(inputs, tf.cast(self.normalized_kernel(), self.compute_dtype))
+        if self.use_bias:
+            y = y + tf.cast(self.bias, self.compute_dtype)
+        return y
+
+    def convolve(self, inputs, kernel):
+        """The convolution of `inputs` with a given effective `kernel`, no bias.
+
+        Args:
+            inputs: (N, H, W, C_in) tensor.
+            kernel: (kh, kw, C_in / groups, C_out) tensor in the compute dtype,
+                e.g. `normalized_kernel()` cast.
+
+        Returns:
+            (N, H', W', C_out) tensor.
+        """
         x = inputs
         if self.strides == 1 and self.padding * 2 == self.kernel_size - 1:
             padding = "SAME"
@@ -258,20 +273,13 @@ class Conv2D(RootScopedWeights, keras.layers.Layer):
             # GEMMs are much faster than conv back-propagation on CPUs.
             flat = tf.reshape(x, (-1, self.in_channels))
             y = tf.matmul(flat, tf.reshape(kernel, (self.in_channels, self.filters)))
-            y = tf.reshape(y, tf.concat([tf.shape(x)[:-1], [self.filters]], axis=0))
-        elif self.groups == 1:
-            y = tf.nn.conv2d(x, kernel, strides, padding)
-        else:
-            kernel = tf.reshape(
-                kernel, (self.kernel_size, self.kernel_size, self.filters, 1)
-            )
-            if padding == "SAME":
-                y = depthwise_conv_same(x, kernel)
-            else:
-                y = tf.nn.depthwise_conv2d(x, kernel, strides, padding)
-        if self.use_bias:
-            y = y + tf.cast(self.bias, self.compute_dtype)
-        return y
+            return tf.reshape(y, tf.concat([tf.shape(x)[:-1], [self.filters]], axis=0))
+        if self.groups == 1:
+            return tf.nn.conv2d(x, kernel, strides, padding)
+        kernel = tf.reshape(kernel, (self.kernel_size, self.kernel_size, self.filters, 1))
+        if padding == "SAME":
+            return depthwise_conv_same(x, kernel)
+        return tf.nn.depthwise_conv2d(x, kernel, strides, padding)
 
     def compute_output_shape(self, input_shape):
         def out(n):

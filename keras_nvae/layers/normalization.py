@@ -83,7 +83,13 @@ class BatchNorm(RootScopedWeights, keras.layers.Layer):
         context = tf.distribute.get_replica_context()
         return context is not None and context.num_replicas_in_sync > 1
 
-    def _update_moving_statistics(self, mean, unbiased_variance):
+    def update_moving_statistics(self, mean, unbiased_variance):
+        """Moves the running statistics towards a batch's (once per step).
+
+        Args:
+            mean: (C,) batch mean.
+            unbiased_variance: (C,) Bessel-corrected batch variance.
+        """
         if is_recomputing():
             return  # already updated by the forward pass (gradient checkpointing)
         m = self.momentum
@@ -92,28 +98,61 @@ class BatchNorm(RootScopedWeights, keras.layers.Layer):
             m * self.moving_variance + (1.0 - m) * unbiased_variance
         )
 
-    def call(self, inputs, training=None):
-        gamma = tf.convert_to_tensor(self.gamma)
-        beta = tf.convert_to_tensor(self.beta)
-        if training and not self._synchronizing():
-            # One fused op (and one for its gradient): faster and it keeps less
-            # for the backward pass than the composite. Its variance output is
-            # Bessel-corrected, i.e. the unbiased estimate PyTorch tracks.
-            outputs, mean, unbiased = tf.compat.v1.nn.fused_batch_norm(
-                inputs, gamma, beta, epsilon=self.epsilon, is_training=True
-            )
-            self._update_moving_statistics(mean, unbiased)
-            return outputs
+    def uses_fused_kernel(self, training):
+        """Whether a `training` call normalises with TF's fused batch-norm op."""
+        return bool(training) and not self._synchronizing()
+
+    def fused_normalize(self, inputs, gamma, beta):
+        """Training-mode normalisation with the fused op, statistics not updated.
+
+        Args:
+            inputs: (N, H, W, C) tensor.
+            gamma: (C,) float32 tensor.
+            beta: (C,) float32 tensor.
+
+        Returns:
+            `(outputs, mean, unbiased_variance)`.
+        """
+        # Its variance output is Bessel-corrected, the unbiased estimate PyTorch
+        # tracks.
+        return tf.compat.v1.nn.fused_batch_norm(
+            inputs, gamma, beta, epsilon=self.epsilon, is_training=True
+        )
+
+    def scale_and_shift(self, inputs, training=None):
+        """Per-channel float32 `(scale, shift)` with `bn(x) = x * scale + shift`.
+
+        In training the batch statistics of `inputs` (over all replicas) are
+        used and the running statistics updated; otherwise the running ones.
+
+        Args:
+            inputs: (N, H, W, C) tensor.
+            training: bool.
+
+        Returns:
+            Two (C,) float32 tensors.
+        """
         if training:
             mean, variance, count = self._global_moments(inputs)
-            self._update_moving_statistics(
+            self.update_moving_statistics(
                 mean, variance * count / tf.maximum(count - 1.0, 1.0)
             )
         else:
             mean = tf.convert_to_tensor(self.moving_mean)
             variance = tf.convert_to_tensor(self.moving_variance)
-        scale = gamma * tf.math.rsqrt(variance + self.epsilon)
-        shift = beta - mean * scale
+        scale = tf.convert_to_tensor(self.gamma) * tf.math.rsqrt(variance + self.epsilon)
+        return scale, tf.convert_to_tensor(self.beta) - mean * scale
+
+    def call(self, inputs, training=None):
+        if self.uses_fused_kernel(training):
+            # One fused op (and one for its gradient): faster and it keeps less
+            # for the backward pass than the composite.
+            outputs, mean, unbiased = self.fused_normalize(
+                inputs, tf.convert_to_tensor(self.gamma), tf.convert_to_tensor(self.beta)
+            )
+            self.update_moving_statistics(mean, unbiased)
+            return outputs
+        scale, shift = self.scale_and_shift(inputs, training)
         dtype = self.compute_dtype
         return inputs * tf.cast(scale, dtype) + tf.cast(shift, dtype)
 
