@@ -535,6 +535,11 @@ def test_bad_image_files_are_named_when_the_folder_dataset_is_created(tmp_path):
         data.load_image_folder(str(tmp_path), 16, skip_bad_images=True)
 
 
+def test_an_unreadable_image_file_is_named_with_one_line_of_its_error(tmp_path):
+    path = str(tmp_path / "gone.png")
+    assert data.image_files.file_problem(path) == f"unreadable: {path}; No such file or directory"
+
+
 def test_image_corrupt_inside_names_the_file_at_its_batch_or_is_skipped(tmp_path):
     good = _image_bytes("png")
     (tmp_path / "a.png").write_bytes(good)

@@ -7,9 +7,6 @@ its number of lines. A class's length is `end_lineno - lineno + 1` as `ast` repo
 function's length is counted over the same span, from its `def` line to its last line with its
 docstring, but without blank lines: a function that needs more than 60 written lines, its
 documentation included, holds more than one step and is split into named helpers.
-
-`PENDING_SPLIT` names functions in rooms another change is editing; each must still be over the
-limit (so the list empties as they are split) and no other function may be.
 """
 
 import ast
@@ -24,11 +21,6 @@ MAX_MODULE_LINES = 500
 MAX_CLASS_LINES = 400
 MAX_FUNCTION_LINES = 60
 _FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
-PENDING_SPLIT = (
-    os.path.join("keras_nvae", "data", "folders.py") + " function load_image_folder",
-    os.path.join("keras_nvae", "data", "sources.py") + " function make_dataset",
-    os.path.join("keras_nvae", "data", "tfds.py") + " function load_tfds",
-)
 
 
 def _written_lines(lines, node):
@@ -135,14 +127,5 @@ def test_no_definition_exceeds_the_size_limits(package):
             continue
         with open(path, encoding="utf-8") as f:
             offenders += oversized_definitions(f.read(), relative)
-    named = {_without_position(offender): offender for offender in offenders}
-    pending = [name for name in PENDING_SPLIT if name.startswith(package + os.sep)]
-    assert sorted(set(pending) - set(named)) == [], "split already: remove from PENDING_SPLIT"
-    offenders = [offender for name, offender in named.items() if name not in pending]
     assert not offenders, "definitions over the size limits; split them:\n" + "\n".join(offenders)
 
-
-def _without_position(offender):
-    """`"path:line kind name: N lines ..."` -> `"path kind name"`."""
-    location, kind, rest = offender.split(" ", 2)
-    return location.rsplit(":", 1)[0] + f" {kind} " + rest.split(":", 1)[0]

@@ -90,19 +90,50 @@ def _image_file_decoder(image_size, channels, skip_bad_images=False):
     return decode_files
 
 
+def _checked_image_size(image_size, channels):
+    """Returns `image_size` as an `int`, after checking it and `channels`.
+
+    Raises:
+        ValueError: `channels` is not 1 or 3, or `image_size` is not a
+            positive integer.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3; got {channels!r}.")
+    if not isinstance(image_size, (int, np.integer)) or image_size < 1:
+        raise ValueError(f"image_size must be a positive integer; got {image_size!r}.")
+    return int(image_size)
+
+
+def _decoded_images(
+    files, image_size, channels, cache, shuffle, shuffle_buffer, seed, skip_bad_images
+):
+    """Decodes image files into a dataset of images, cached in memory or shuffled by name.
+
+    Args:
+        files: the image file paths.
+        image_size, channels, cache, shuffle, shuffle_buffer, seed,
+            skip_bad_images: as in `load_image_folder`.
+
+    Returns:
+        The dataset of single images, and the `shuffle` and `shuffle_buffer`
+        that `_finish` still applies to it: the cached images are shuffled
+        there; uncached, the file names are shuffled in full before decoding
+        and `_finish` shuffles no more.
+    """
+    if cache is None:
+        cache = len(files) * image_size * image_size * channels <= _CACHE_LIMIT_BYTES
+    decode = _image_file_decoder(image_size, channels, skip_bad_images)
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if cache:
+        return decode(ds).cache(), shuffle, min(len(files), shuffle_buffer)
+    if shuffle:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    return decode(ds), False, None
+
+
 def load_image_folder(
-    path,
-    image_size,
-    batch_size=64,
-    shuffle=True,
-    seed=None,
-    flip=False,
-    binarize=False,
-    channels=3,
-    drop_remainder=False,
-    repeat=False,
-    cache=None,
-    shuffle_buffer=10_000,
+    path, image_size, batch_size=64, shuffle=True, seed=None, flip=False, binarize=False,
+    channels=3, drop_remainder=False, repeat=False, cache=None, shuffle_buffer=10_000,
     skip_bad_images=False,
 ):
     """Loads PNG/JPEG images from a folder (searched recursively).
@@ -146,25 +177,11 @@ def load_image_folder(
     ds = load_image_folder("/data/ffhq/thumbnails", image_size=64, batch_size=32)
     ```
     """
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3; got {channels!r}.")
-    if not isinstance(image_size, (int, np.integer)) or image_size < 1:
-        raise ValueError(f"image_size must be a positive integer; got {image_size!r}.")
-    image_size = int(image_size)
+    image_size = _checked_image_size(image_size, channels)
     files = image_files.usable_files(_list_images(os.fspath(path)), skip_bad_images)
-    if cache is None:
-        cache = len(files) * image_size * image_size * channels <= _CACHE_LIMIT_BYTES
-    decode = _image_file_decoder(image_size, channels, skip_bad_images)
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if cache:
-        ds = decode(ds).cache()
-        buffer = min(len(files), shuffle_buffer)
-    else:
-        # Shuffle the (cheap) file names in full, then decode.
-        if shuffle:
-            ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-        ds = decode(ds)
-        shuffle, buffer = False, None
+    ds, shuffle, buffer = _decoded_images(
+        files, image_size, channels, cache, shuffle, shuffle_buffer, seed, skip_bad_images
+    )
     return _finish(
         ds, batch_size=batch_size, shuffle=shuffle, shuffle_buffer=buffer, seed=seed,
         repeat=repeat, drop_remainder=drop_remainder, flip=flip, binarize=binarize,

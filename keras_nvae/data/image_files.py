@@ -17,6 +17,8 @@ import warnings
 
 import tensorflow as tf
 
+from keras_nvae.errors import first_line
+
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SIGNATURE = b"\xff\xd8\xff"
 # Some writers pad a JPEG after its end-of-image marker; entropy-coded data
@@ -132,7 +134,7 @@ def file_problem(path):
             file.seek(max(0, size - _TAIL_BYTES))
             tail = file.read()
     except (OSError, tf.errors.OpError) as error:
-        return f"unreadable: {str(error).strip().splitlines()[0]}"
+        return f"unreadable: {first_line(error, with_type=False)}"
     if size == 0:
         return "empty file"
     if head.startswith(_JPEG_SIGNATURE):

@@ -24,18 +24,8 @@ from keras_nvae.data.tfds import _load_tfds_source
 
 
 def make_dataset(
-    source,
-    split="train",
-    batch_size=64,
-    data_dir=None,
-    shuffle=None,
-    flip=None,
-    binarize=None,
-    seed=None,
-    image_size=None,
-    drop_remainder=False,
-    repeat=False,
-    download=False,
+    source, split="train", batch_size=64, data_dir=None, shuffle=None, flip=None, binarize=None,
+    seed=None, image_size=None, drop_remainder=False, repeat=False, download=False,
     skip_bad_images=False,
 ):
     """Builds the image pipeline for any supported data source.
@@ -89,16 +79,8 @@ def make_dataset(
     ```
     """
     source = os.fspath(source)
-    if shuffle is None:
-        shuffle = split.startswith("train")
-    options = dict(
-        batch_size=batch_size,
-        shuffle=shuffle,
-        flip=flip,
-        binarize=binarize,
-        seed=seed,
-        drop_remainder=drop_remainder,
-        repeat=repeat,
+    options = _pipeline_options(
+        split, batch_size, shuffle, flip, binarize, seed, drop_remainder, repeat
     )
     if source == "digits" or source.lower().endswith(ARRAY_EXTENSIONS):
         return from_numpy(_array_source_images(source, split, image_size), **options)
@@ -106,3 +88,27 @@ def make_dataset(
         folder = _image_folder_split(source, split, image_size)
         return load_image_folder(folder, image_size, skip_bad_images=skip_bad_images, **options)
     return _load_tfds_source(source, split, data_dir, download, image_size, options)
+
+
+def _pipeline_options(split, batch_size, shuffle, flip, binarize, seed, drop_remainder, repeat):
+    """The arguments of `make_dataset` that every kind of source takes, by name.
+
+    Args:
+        split, batch_size, flip, binarize, seed, drop_remainder, repeat: as
+            in `make_dataset`.
+        shuffle: as in `make_dataset`; `None` becomes whether `split` is a
+            training split.
+
+    Returns:
+        A dict of keyword arguments for `from_numpy`, `load_image_folder` and
+        `load_tfds`.
+    """
+    return dict(
+        batch_size=batch_size,
+        shuffle=split.startswith("train") if shuffle is None else shuffle,
+        flip=flip,
+        binarize=binarize,
+        seed=seed,
+        drop_remainder=drop_remainder,
+        repeat=repeat,
+    )

@@ -220,21 +220,9 @@ def _tfds_images(builder, name, split, preset, image_size, cache, shuffle, seed)
 
 
 def load_tfds(
-    name,
-    split="train",
-    batch_size=64,
-    data_dir=None,
-    shuffle=True,
-    flip=None,
-    binarize=None,
-    download=False,
-    seed=None,
-    image_size=None,
-    drop_remainder=False,
-    repeat=False,
-    cache=None,
-    shuffle_buffer=10_000,
-    manual_dir=None,
+    name, split="train", batch_size=64, data_dir=None, shuffle=True, flip=None, binarize=None,
+    download=False, seed=None, image_size=None, drop_remainder=False, repeat=False, cache=None,
+    shuffle_buffer=10_000, manual_dir=None,
 ):
     """Loads an image dataset from TensorFlow Datasets.
 
@@ -281,24 +269,25 @@ def load_tfds(
     train = load_tfds("cifar10", "train", batch_size=32, data_dir="/data/tfds")
     ```
     """
-    tfds_name = _TFDS_ALIASES.get(name, name)
-    preset = _TFDS_PRESETS.get(tfds_name, _TfdsPreset())
+    tfds_name, preset = _resolved_name(name)
     builder = _image_builder(tfds_name, data_dir, download, manual_dir)
-    is_train = split.startswith("train")
-    ds = _tfds_images(
-        builder, tfds_name, split, preset, image_size, cache, shuffle, seed
-    )
+    ds = _tfds_images(builder, tfds_name, split, preset, image_size, cache, shuffle, seed)
     return _finish(
-        ds,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        shuffle_buffer=shuffle_buffer,
-        seed=seed,
-        repeat=repeat,
-        drop_remainder=drop_remainder,
-        flip=preset.flip and is_train if flip is None else flip,
+        ds, batch_size=batch_size, shuffle=shuffle, shuffle_buffer=shuffle_buffer, seed=seed,
+        repeat=repeat, drop_remainder=drop_remainder,
+        flip=preset.flip and split.startswith("train") if flip is None else flip,
         binarize=preset.binarize if binarize is None else binarize,
     )
+
+
+def _resolved_name(name):
+    """The TensorFlow Datasets name behind a TFDS or registry name, and its preset.
+
+    A dataset without a preset gets the default `_TfdsPreset` (no augmentation,
+    stored size, not cached).
+    """
+    tfds_name = _TFDS_ALIASES.get(name, name)
+    return tfds_name, _TFDS_PRESETS.get(tfds_name, _TfdsPreset())
 
 
 def _load_tfds_source(source, split, data_dir, download, image_size, options):
