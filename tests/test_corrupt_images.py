@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from harness import lean_tiny
 from keras_nvae import data
+from keras_nvae import evaluation
 from keras_nvae.training import optimizers
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,6 +77,15 @@ def test_fit_names_the_corrupt_file_and_skipping_counts_it(folder):
     )
     assert error.value.__suppress_context__ and error.value.problems[0][0] == bad
     assert int(model.global_step.numpy()) == 0
+    for reader in (
+        lambda: model.evaluate(dataset, verbose=0),
+        lambda: model.predict(dataset, verbose=0),
+        lambda: evaluation.bits_per_dim(model, dataset, num_samples=1, verbose=0),
+        lambda: evaluation.scores(model, dataset, num_samples=1),
+    ):
+        with pytest.raises(data.BadImageFileError) as read_error:
+            reader()
+        assert str(read_error.value) == str(error.value)
     skipping = data.load_image_folder(
         str(folder / "train"), 16, batch_size=3, shuffle=False, skip_bad_images=True
     )

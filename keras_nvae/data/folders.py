@@ -43,7 +43,9 @@ def _image_file_decoder(image_size, channels, skip_bad_images=False):
     A file that cannot be read or decoded stops the iteration with an
     `InvalidArgumentError` whose message names the file (`image_files.decode_error`
     turns it into a `BadImageFileError`) or, with `skip_bad_images`, is left
-    out with a warning that names it and counts the files skipped.
+    out with a warning that names it and counts the files skipped. The check
+    runs after the optional in-memory cache, so every pass over a cached
+    dataset stops (or skips) at the same file.
 
     Args:
         image_size: side length of the output images.
@@ -51,8 +53,9 @@ def _image_file_decoder(image_size, channels, skip_bad_images=False):
         skip_bad_images: leave out files that fail to decode.
 
     Returns:
-        A function mapping a dataset of PNG/JPEG file names to one of the
-        centre-cropped, resized `(image_size, image_size, channels)` images.
+        A function `(files, cache)` mapping a dataset of PNG/JPEG file names to
+        one of the centre-cropped, resized `(image_size, image_size, channels)`
+        images, cached in memory if `cache`.
     """
     skipped = image_files.SkippedImages()
 
@@ -61,9 +64,19 @@ def _image_file_decoder(image_size, channels, skip_bad_images=False):
             tf.io.read_file(filename), channels=channels, expand_animations=False
         )
         image = _crop_and_resize(image, image_size)
-        return tf.ensure_shape(image, [image_size, image_size, channels]), True
+        return tf.ensure_shape(image, [image_size, image_size, channels]), True, filename
 
     def undecodable(filename):
+        return tf.zeros([image_size, image_size, channels], tf.uint8), False, filename
+
+    def decode_or_flag(filename):
+        # Decoding errors cannot be caught inside a graph; a one-file dataset
+        # that ignores them falls through to `undecodable`.
+        file = tf.data.Dataset.from_tensors(filename)
+        decoded = file.map(decode).ignore_errors()
+        return decoded.concatenate(file.map(undecodable)).take(1).get_single_element()
+
+    def report(filename):
         if skip_bad_images:
             done = tf.py_function(lambda path: skipped.record(path.numpy()) or True, [filename], tf.bool)
         else:
@@ -72,17 +85,16 @@ def _image_file_decoder(image_size, channels, skip_bad_images=False):
             )
             done = tf.debugging.Assert(False, [message])
         with tf.control_dependencies([done]):
-            return tf.zeros([image_size, image_size, channels], tf.uint8), False
+            return tf.constant(False)
 
-    def decode_or_report(filename):
-        # Decoding errors cannot be caught inside a graph; a one-file dataset
-        # that ignores them falls through to `undecodable`, which names the file.
-        file = tf.data.Dataset.from_tensors(filename)
-        decoded = file.map(decode).ignore_errors()
-        return decoded.concatenate(file.map(undecodable)).take(1).get_single_element()
+    def checked(image, decoded, filename):
+        return image, tf.cond(decoded, lambda: tf.constant(True), lambda: report(filename))
 
-    def decode_files(files):
-        images = files.map(decode_or_report, num_parallel_calls=AUTOTUNE)
+    def decode_files(files, cache=False):
+        images = files.map(decode_or_flag, num_parallel_calls=AUTOTUNE)
+        if cache:
+            images = images.cache()
+        images = images.map(checked)
         if skip_bad_images:
             images = images.filter(lambda image, decoded: decoded)
         return images.map(lambda image, decoded: image)
@@ -125,7 +137,7 @@ def _decoded_images(
     decode = _image_file_decoder(image_size, channels, skip_bad_images)
     ds = tf.data.Dataset.from_tensor_slices(files)
     if cache:
-        return decode(ds).cache(), shuffle, min(len(files), shuffle_buffer)
+        return decode(ds, cache=True), shuffle, min(len(files), shuffle_buffer)
     if shuffle:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     return decode(ds), False, None

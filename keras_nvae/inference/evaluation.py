@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from keras_nvae import distributions
 from keras_nvae import inputs
+from keras_nvae.data import image_files
 from keras_nvae.inference.fid import dataset_statistics  # noqa: F401  (public API)
 from keras_nvae.inference.fid import fid  # noqa: F401  (public API)
 from keras_nvae.inference.fid import frechet_distance  # noqa: F401  (public API)
@@ -88,7 +89,7 @@ def _summed_nll(model, dataset, num_samples, max_batches, images_per_pass, seeds
         ValueError: the dataset yielded no images.
     """
     total_nll, num_images = 0.0, 0
-    for index, batch in enumerate(dataset):
+    for index, batch in enumerate(_named_batches(dataset)):
         if max_batches is not None and index >= max_batches:
             break
         images = inputs.unpack_images(batch)
@@ -100,6 +101,12 @@ def _summed_nll(model, dataset, num_samples, max_batches, images_per_pass, seeds
         raise ValueError("bits_per_dim: the dataset yielded no images.")
     progress.finish(num_images)
     return total_nll, num_images
+
+
+def _named_batches(dataset):
+    """Yields the batches of `dataset`; an image file it cannot decode raises `BadImageFileError`."""
+    with image_files.decode_errors_named():
+        yield from dataset
 
 
 def _check_counts(num_samples, max_batches, images_per_pass):
@@ -203,7 +210,7 @@ def scores(model, data, num_samples=100, batch_size=None, verbose=0, seed=None):
     seeds = None if seed is None else keras.random.SeedGenerator(seed)
     progress = ImageProgress(_num_batches(batches, None), verbose=verbose)
     results, done = [], 0
-    for index, batch in enumerate(batches):
+    for index, batch in enumerate(_named_batches(batches)):
         images = inputs.unpack_images(batch)
         results.append(np.asarray(model.score(images, num_samples, seed=seeds), np.float64))
         done += len(results[-1])

@@ -287,17 +287,21 @@ class NVAETrainer:
         """
         # One graph: run eagerly, the loop would dispatch every op of every
         # iteration from Python.
-        converge = tf.function(
-            lambda: self.spectral_regularizer.converge(
-                spectral_matrices(self._conv_layers), iterations
-            )
-        )
-        return converge()
+        def converge():
+            matrices = spectral_matrices(self._conv_layers)
+            return self.spectral_regularizer.converge(matrices, iterations)
+
+        return tf.function(converge)()
 
     # ----------------------------------------------------------------- guard
     def evaluate(self, *args, **kwargs):
-        with self._guarded_update.averaged_weights(self.trainable_variables):
+        averaged = self._guarded_update.averaged_weights(self.trainable_variables)
+        with averaged, image_files.decode_errors_named():
             return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        with image_files.decode_errors_named():
+            return super().predict(*args, **kwargs)
 
     def describe_nonfinite(self):
         """What was non-finite first in the last non-finite step, and what to do.
