@@ -16,6 +16,7 @@ import os
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from keras_nvae import NVAE
 from keras_nvae.official import convert
@@ -162,6 +163,21 @@ class Reference:
         keras.utils.set_random_seed(seed)
         model = NVAE(convert.config_from_official_args(self.args, **overrides))
         return convert.load_official_state_dict(model, self.state_dict)
+
+
+def loss_and_gradients(model, images, noise):
+    """The training-mode loss and its gradients for all trainable variables, with fixed noise.
+
+    One `tf.function` step (batch-norm statistics move once, as in training).
+    """
+
+    @tf.function
+    def step(images, eps):
+        with tf.GradientTape() as tape:
+            terms = model.compute_objective(images, training=True, noise=eps)
+        return terms["loss"], tape.gradient(terms["loss"], model.trainable_variables)
+
+    return step(tf.constant(images), [tf.constant(n) for n in noise])
 
 
 def assert_matches_reference(actual, expected, what):

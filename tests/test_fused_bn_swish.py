@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from harness import lean_tiny
+from harness import lean_tiny, loss_and_gradients
 from keras_nvae.layers import cell_ops
 from keras_nvae.layers.cell_ops import BNSwishConv, InvertedResidual, upsample_nearest
 from keras_nvae.layers.fused import bn_swish_consumer, fused_activation_consumer
@@ -159,16 +159,6 @@ def test_depthwise_upsampled_consumer_matches_autodiff():
     _assert_close(fused, plain, FLOAT32_TOL, ["x", "kernel", "gamma", "beta"])
 
 
-def _model_grads(model, x, noise):
-    @tf.function
-    def step(images, eps):
-        with tf.GradientTape() as tape:
-            terms = model.compute_objective(images, training=True, noise=eps)
-        return terms["loss"], tape.gradient(terms["loss"], model.trainable_variables)
-
-    return step(tf.constant(x), [tf.constant(n) for n in noise])
-
-
 @pytest.fixture(scope="module")
 def unfused_step():
     """A lean tiny model's weights, inputs and its unfused loss, gradients and statistics."""
@@ -179,7 +169,7 @@ def unfused_step():
     noise = [rng.randn(4, *s).astype("float32") for s in plain.latent_shapes]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(cell_ops, "bn_swish_consumer", unfused_bn_swish_consumer)
-        loss, grads = _model_grads(plain, x, noise)
+        loss, grads = loss_and_gradients(plain, x, noise)
     return plain, weights, x, noise, loss, grads
 
 
@@ -188,7 +178,7 @@ def test_tiny_model_gradients_match_unfused(unfused_step, remat):
     plain, weights, x, noise, loss_plain, g_plain = unfused_step
     fused = lean_tiny(remat=remat)
     fused.set_weights(weights)
-    loss_fused, g_fused = _model_grads(fused, x, noise)
+    loss_fused, g_fused = loss_and_gradients(fused, x, noise)
     np.testing.assert_allclose(float(loss_fused), float(loss_plain), rtol=1e-6)
     # float32 sums in another order through the whole model; gradients that are zero up to
     # rounding (biases feeding a training-mode BN) are compared against the largest gradient.

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from harness import lean_tiny
+from harness import lean_tiny, loss_and_gradients
 from keras_nvae import NVAEConfig
 from keras_nvae.layers import ResidualCell
 from keras_nvae.layers.latent_group import LatentGroup
@@ -68,16 +68,6 @@ def test_rematerialize_recomputes_in_the_backward_pass():
     assert not is_recomputing()
 
 
-def _loss_and_grads(model, images, noise):
-    @tf.function
-    def step(images, eps):
-        with tf.GradientTape() as tape:
-            terms = model.compute_objective(images, training=True, noise=eps)
-        return terms["loss"], tape.gradient(terms["loss"], model.trainable_variables)
-
-    return step(tf.constant(images), [tf.constant(n) for n in noise])
-
-
 @pytest.fixture(scope="module")
 def plain_step():
     """A lean tiny model with one flow, its weights before and its loss and gradients after one
@@ -87,7 +77,7 @@ def plain_step():
     weights = plain.get_weights()
     rng = np.random.RandomState(1)
     noise = [rng.randn(4, *s).astype("float32") for s in plain.latent_shapes]
-    loss, grads = _loss_and_grads(plain, x, noise)
+    loss, grads = loss_and_gradients(plain, x, noise)
     return plain, weights, x, noise, loss, grads
 
 
@@ -99,7 +89,7 @@ def test_remat_policy_trains_like_the_plain_model(plain_step, policy):
     assert all(group.remat == policy for group in remat.groups)
     assert all(cell.remat == (policy == "cell") for cell in remat.groups[1].decoder_cells)
     remat.set_weights(weights)
-    loss_remat, grads_remat = _loss_and_grads(remat, x, noise)
+    loss_remat, grads_remat = loss_and_gradients(remat, x, noise)
     np.testing.assert_allclose(float(loss_remat), float(loss_plain), rtol=1e-6)
     # float32 gradients summed in another order. Some are zero up to rounding
     # (biases feeding a training-mode BN), so the absolute floor is relative to
