@@ -912,14 +912,17 @@ def _worker_main(args):
             with open(args._worker_out, "w") as f:
                 json.dump({"status": "error", "error": f"{type(e).__name__}: {e}"}, f)
         raise
-    return 0
 
 
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if args._worker_xla is not None:
-        return _worker_main(args)
+        _worker_main(args)
+        # The results are saved: skip the interpreter's teardown of TF state (seconds).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     # Checked here, before any variant runs; workers parse it again after their timed imports.
     from keras_nvae.config import parse_overrides
 
