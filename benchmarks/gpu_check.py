@@ -13,14 +13,15 @@ policy in four settings, each in its own subprocess (`train_throughput.py`'s wor
 
 For each it prints images/s, the peak memory of each GPU (on `--device cpu`: the
 process's peak RSS) and the status. Any failure of the first three makes the exit code
-non-zero after naming the variant and its reason. With no GPU visible it stops with a
+non-zero after naming the variant and its reason. Each variant has a time limit, and the
+whole check one (`--time_budget_s`, 7.5 minutes). With no GPU visible it stops with a
 one-line reason unless `--device cpu` (or `GPU_CHECK_DEVICE=cpu`) is given. Flags it does
 not know go to `train_throughput.py` (e.g. `--env KEY=VALUE`, `--tf_optimizer KEY=VALUE`).
 
 Examples:
 
     benchmarks/gpu_check.sh
-    python benchmarks/gpu_check.py --timeout_s 300 --output_json gpu_check.json
+    python benchmarks/gpu_check.py --timeout_s 300 --time_budget_s 900 --output_json gpu_check.json
     python benchmarks/gpu_check.py --device cpu --preset tiny --batch_size 2 \
         --warmup_steps 1 --steps 1 --logical_cpus 2
 """
@@ -63,12 +64,9 @@ def build_parser():
     p.add_argument("--batch_size", type=int, default=32, help="images per step and device")
     p.add_argument("--warmup_steps", type=int, default=2, help="untimed steps, compile included")
     p.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
-    p.add_argument(
-        "--timeout_s",
-        type=float,
-        default=110.0,
-        help="time limit of each variant (4 variants: the check ends within 4x this)",
-    )
+    p.add_argument("--timeout_s", type=float, default=180.0, help="time limit of each variant")
+    budget_help = "time limit of the whole check: a variant gets at most what is left of it"
+    p.add_argument("--time_budget_s", type=float, default=450.0, help=budget_help)
     p.add_argument(
         "--logical_cpus",
         type=int,
@@ -107,12 +105,12 @@ def _list_devices(device):
     return [gpu.name for gpu in gpus]
 
 
-def _variant_argv(args, name):
+def _variant_argv(args, name, timeout_s):
     xla, distribute, overrides, _ = VARIANTS[name]
     argv = ["--preset", args.preset, "--batch_size", str(args.batch_size)]
     argv += ["--warmup_steps", str(args.warmup_steps), "--steps", str(args.steps)]
     argv += ["--xla", xla, "--distribute", distribute, "--mixed_precision", "mixed_bfloat16"]
-    argv += ["--logical_cpus", str(args.logical_cpus), "--timeout_s", str(args.timeout_s)]
+    argv += ["--logical_cpus", str(args.logical_cpus), "--timeout_s", str(timeout_s)]
     for item in args.override + overrides:
         argv += ["--override", item]
     if args.device == "cpu":
@@ -120,11 +118,14 @@ def _variant_argv(args, name):
     return argv + args.passthrough
 
 
-def run_check_variant(args, name):
+def run_check_variant(args, name, timeout_s):
     """Train one variant through `train_throughput.run_variant`; returns its result dict."""
-    argv = _variant_argv(args, name)
-    worker_args = train_throughput.build_parser().parse_args(argv)
-    result = train_throughput.run_variant(worker_args, VARIANTS[name][0], argv)
+    if timeout_s < 1:
+        result = {"status": f"not run: the --time_budget_s of {args.time_budget_s:g} s is spent"}
+    else:
+        argv = _variant_argv(args, name, timeout_s)
+        worker_args = train_throughput.build_parser().parse_args(argv)
+        result = train_throughput.run_variant(worker_args, VARIANTS[name][0], argv)
     result["check_variant"] = name
     result["required"] = VARIANTS[name][3]
     return result
@@ -177,7 +178,7 @@ def _selected(parser, args):
     except ValueError as error:
         parser.error(str(error))
     try:
-        train_throughput.build_parser().parse_args(_variant_argv(args, names[0]))
+        train_throughput.build_parser().parse_args(_variant_argv(args, names[0], 1))
     except SystemExit:
         parser.error(f"train_throughput.py does not accept {' '.join(args.passthrough)}")
     return names
@@ -197,7 +198,8 @@ def main(argv=None):
         return 2
     results = []
     for name in names:
-        results.append(run_check_variant(args, name))
+        left = args.time_budget_s - (time.perf_counter() - t0)
+        results.append(run_check_variant(args, name, min(args.timeout_s, left)))
         print(variant_line(results[-1]), flush=True)
     failures = [(r["check_variant"], failure_reason(r)) for r in results if r["required"]]
     failures = [(name, reason) for name, reason in failures if reason]
