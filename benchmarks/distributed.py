@@ -100,6 +100,11 @@ def reset_gpu_peaks(tf, names):
         tf.config.experimental.reset_memory_stats(name)
 
 
+def format_gpu_peaks(peaks):
+    """`"3.10/3.05"`: the per-GPU peaks in GiB for a table cell, `"-"` without GPUs."""
+    return "-" if not peaks else "/".join(format(peak, ".2f") for peak in peaks)
+
+
 def refusal(error):
     """`"refused: <one-line reason>"`, the status of XLA + Mirrored when it fails.
 

@@ -776,11 +776,6 @@ def _fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
 
-def _gpu_peaks(r):
-    peaks = r.get("gpu_peaks_gib")
-    return "-" if not peaks else "/".join(format(p, ".2f") for p in peaks)
-
-
 def _table_header(args, base, has_gpu):
     header = ["variant", "status", "replicas", "global batch", "compile s", "median s/step"]
     header += ["cpu s/step", "images/s", "peak RSS GiB", "steady RSS GiB"]
@@ -796,9 +791,10 @@ def _table_header(args, base, has_gpu):
 
 def _table_row(args, r, base, has_gpu):
     ips = r.get("images_per_s")
+    status = r.get("status", "?")
     row = [
         r["variant"],
-        r.get("status", "?"),
+        status if len(status) <= 50 else status[:47] + "...",  # in full under the table
         _fmt(r.get("replicas"), "d"),
         _fmt(r.get("global_batch_size"), "d"),
         _fmt(r.get("compile_s"), ".1f"),
@@ -809,7 +805,7 @@ def _table_row(args, r, base, has_gpu):
         _fmt(r.get("peak_rss_steady_gib"), ".2f"),
     ]
     if has_gpu:
-        row.append(_gpu_peaks(r))
+        row.append(distributed.format_gpu_peaks(r.get("gpu_peaks_gib")))
     row.append(_fmt(ips / base["images_per_s"], ".2f") if (ips and base) else "-")
     if args.baseline_s_per_step:
         m = r.get("median_s_per_step")
