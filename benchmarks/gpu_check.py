@@ -46,6 +46,11 @@ VARIANTS = {
     "mirrored_xla_bf16": ("on", "mirrored", [], False),
 }
 
+# train_throughput.py flags that the variants set themselves.
+_SET_PER_VARIANT = (
+    "--xla", "--distribute", "--mixed_precision", "--output_json", "--find_max_batch",
+)
+
 
 def build_parser():
     p = argparse.ArgumentParser(
@@ -171,6 +176,9 @@ def _selected(parser, args):
     unknown = [name for name in names if name not in VARIANTS]
     if unknown or not names:
         parser.error(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
+    reserved = [flag for flag in args.passthrough if flag.split("=")[0] in _SET_PER_VARIANT]
+    if reserved:
+        parser.error(f"{', '.join(reserved)}: set by each variant, not a flag of the check")
     from keras_nvae.config import parse_overrides
 
     try:

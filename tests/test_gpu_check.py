@@ -92,12 +92,16 @@ def test_gpu_check_sh_without_a_gpu_stops_with_a_one_line_reason():
     assert proc.stdout.rstrip().splitlines()[-1].startswith("gpu_check: no GPU visible")
 
 
-def test_gpu_check_rejects_unknown_variants_before_training():
-    proc = subprocess.run(
-        [sys.executable, _SCRIPT, "--device", "cpu", "--variants", "xla_bf16,nope"],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 2 and "unknown ['nope']" in proc.stderr, proc.stderr[-2000:]
+def test_gpu_check_rejects_unknown_variants_and_variant_flags_before_training():
+    for flags, message in (
+        (["--variants", "xla_bf16,nope"], "unknown ['nope']"),
+        (["--xla", "off"], "--xla: set by each variant"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, _SCRIPT, "--device", "cpu", *flags],
+            capture_output=True, text=True, timeout=300,
+        )
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
 
 
 def test_refusal_is_the_error_type_and_first_line_after_the_graph_traceback():
