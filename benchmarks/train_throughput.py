@@ -37,6 +37,8 @@ import sys
 import tempfile
 import time
 
+import distributed
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _GIB = 1024.0**3
 
@@ -89,6 +91,7 @@ def build_parser():
         default="none",
         help="Keras global dtype policy",
     )
+    distributed.add_flags(p)
     p.add_argument(
         "--output_json",
         default=None,
@@ -267,24 +270,24 @@ def _source_hash(package_dir):
 
 
 # -------------------------------------------------------------------- worker
-def run_worker(args):
-    """Benchmark one variant in this process; writes a JSON dict to args._worker_out."""
-    xla = args._worker_xla == "on"
-    result = {"variant": f"xla_{args._worker_xla}", "xla": xla, "status": "error"}
+def _log(result, msg):
+    print(f"[{result['variant']}] {msg}", file=sys.stderr, flush=True)
 
-    def save():
-        with open(args._worker_out, "w") as f:
-            json.dump(result, f, indent=2)
 
-    def log(msg):
-        print(f"[{result['variant']}] {msg}", file=sys.stderr, flush=True)
+def _save(result, path):
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
 
+
+def _import_tf(args, result):
+    """Import and configure TF, Keras and keras_nvae; returns (np, tf, keras_nvae)."""
     t_start = time.perf_counter()
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     import numpy as np
     import tensorflow as tf
 
+    distributed.split_cpu(tf, args.logical_cpus)
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
@@ -297,95 +300,100 @@ def run_worker(args):
 
     import keras_nvae
 
-    gpus = tf.config.list_physical_devices("GPU")
     if args.mixed_precision != "none":
         keras.mixed_precision.set_global_policy(args.mixed_precision)
     keras.utils.set_random_seed(args.seed)
     result["rss_after_import_gib"] = _gib(current_rss_bytes())
     result["keras_nvae_source_sha256"] = _source_hash(os.path.dirname(keras_nvae.__file__))
     result["import_s"] = time.perf_counter() - t_start
+    return np, tf, keras_nvae
 
+
+def _build_model(args, result, strategy, keras_nvae):
+    """The preset's model, built and compiled under `strategy`, with its train function."""
     overrides = keras_nvae.config.parse_overrides(args.override)
     t0 = time.perf_counter()
-    model = keras_nvae.NVAE.from_preset(args.preset, **overrides)
-    result["build_s"] = time.perf_counter() - t0
+    with strategy.scope():
+        model = keras_nvae.NVAE.from_preset(args.preset, **overrides)
+        result["build_s"] = time.perf_counter() - t0
+        model.compile(total_steps=args.total_steps, jit_compile=result["xla"])
+        if args.distribute != "none":
+            # As `fit` does under a strategy: optimizer variables exist before the first step.
+            model.optimizer.build(model.trainable_variables)
+    model.make_train_function()
     result["num_params"] = int(model.count_params())
     result["rss_after_build_gib"] = _gib(current_rss_bytes())
     c = model.config
-    log(
+    _log(
+        result,
         f"built {args.preset} ({result['num_params']:,} params) in "
         f"{result['build_s']:.1f}s; image_shape={tuple(c.image_shape)} "
-        f"likelihood={c.likelihood}"
+        f"likelihood={c.likelihood}; {result['replicas']} replica(s), "
+        f"global batch {result['global_batch_size']}",
     )
+    return model
 
-    # Synthetic uint8 images; binary 0/255 for Bernoulli likelihoods.
-    rng = np.random.default_rng(args.seed)
-    shape = (args.batch_size,) + tuple(c.image_shape)
-    if c.likelihood == "bernoulli":
-        images = (rng.random(shape) < 0.5).astype(np.uint8) * 255
-    else:
-        images = rng.integers(0, 256, size=shape, dtype=np.uint8)
-    dataset = tf.data.Dataset.from_tensors((tf.constant(images),)).repeat()
-    iterator = iter(dataset)
 
-    model.compile(total_steps=args.total_steps, jit_compile=xla)
-    model.make_train_function()
-    train_function = model.train_function
+def _synthetic_images(np, config, batch_size, seed):
+    """Random uint8 images of the config's shape; binary 0/255 for Bernoulli likelihoods."""
+    rng = np.random.default_rng(seed)
+    shape = (batch_size,) + tuple(config.image_shape)
+    if config.likelihood == "bernoulli":
+        return (rng.random(shape) < 0.5).astype(np.uint8) * 255
+    return rng.integers(0, 256, size=shape, dtype=np.uint8)
 
-    def step():
-        logs = train_function(iterator)
-        # Materialise: pull every returned value back to the host.
-        return {k: float(np.asarray(v)) for k, v in logs.items()}
 
+def _after_warmup(result, tf, gpus):
+    """Steady-state peaks: reset once the heap memory freed by compilation is handed back."""
+    result["peak_rss_warmup_gib"] = _gib(peak_rss_bytes())
+    result["rss_before_trim_gib"] = _gib(current_rss_bytes())
+    malloc_trim()
+    result["rss_after_trim_gib"] = _gib(current_rss_bytes())
+    result["peak_rss_reset_ok"] = reset_peak_rss()
+    if gpus:
+        distributed.reset_gpu_peaks(tf, gpus)
+
+
+def _run_steps(args, result, step, tf, gpus):
+    """Warm-up then timed steps; fills the step times (partial ones if a step fails)."""
     warmup = max(int(args.warmup_steps), 1)
     step_times, warmup_times, step_cpu = [], [], []
-    logs = None
+    result["final_logs"] = None
     result["loadavg_start"] = _loadavg()
     try:
         for i in range(warmup + int(args.steps)):
-            t0 = time.perf_counter()
-            c0 = time.process_time()
+            t0, c0 = time.perf_counter(), time.process_time()
             logs = step()
-            dt = time.perf_counter() - t0
-            dc = time.process_time() - c0
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
+            result["final_logs"] = logs
             if i == 0:
-                result["compile_cpu_s"] = dc
+                result["compile_cpu_s"], result["compile_s"] = dc, dt
+                result["peak_rss_compile_gib"] = _gib(peak_rss_bytes())
+                result["gpu_peaks_compile_gib"] = distributed.gpu_peaks_gib(tf, gpus)
             if i < warmup:
                 warmup_times.append(dt)
                 kind = "compile call" if i == 0 else "warm-up"
-                log(f"{kind} step {i + 1}: {dt:.3f}s loss={logs.get('loss'):.4g}")
-                if i == 0:
-                    result["compile_s"] = dt
-                    result["peak_rss_compile_gib"] = _gib(peak_rss_bytes())
-                    if gpus:
-                        info = tf.config.experimental.get_memory_info("GPU:0")
-                        result["gpu_peak_compile_gib"] = _gib(info["peak"])
+                _log(result, f"{kind} step {i + 1}: {dt:.3f}s loss={logs.get('loss'):.4g}")
                 if i == warmup - 1:
-                    # Steady-state peaks: reset after the warm-up, once the heap
-                    # memory freed by compilation is handed back to the OS.
-                    result["peak_rss_warmup_gib"] = _gib(peak_rss_bytes())
-                    result["rss_before_trim_gib"] = _gib(current_rss_bytes())
-                    malloc_trim()
-                    result["rss_after_trim_gib"] = _gib(current_rss_bytes())
-                    result["peak_rss_reset_ok"] = reset_peak_rss()
-                    if gpus:
-                        tf.config.experimental.reset_memory_stats("GPU:0")
+                    _after_warmup(result, tf, gpus)
             else:
                 step_times.append(dt)
                 step_cpu.append(dc)
-                log(
+                _log(
+                    result,
                     f"timed step {i + 1 - warmup}: {dt:.3f}s (cpu {dc:.2f}s) "
-                    f"loss={logs.get('loss'):.4g}"
+                    f"loss={logs.get('loss'):.4g}",
                 )
     except Exception as e:  # keep partial results
         result["error"] = f"{type(e).__name__}: {e}"
-        log(result["error"])
-
+        _log(result, result["error"])
     result["loadavg_end"] = _loadavg()
-    result["warmup_step_s"] = warmup_times
-    result["step_s"] = step_times
-    result["step_cpu_s"] = step_cpu
-    result["final_logs"] = logs
+    result.update(warmup_step_s=warmup_times, step_s=step_times, step_cpu_s=step_cpu)
+
+
+def _summarise(result, tf, gpus):
+    """Step-time statistics, images/s over the global batch, and the run's memory peaks."""
+    step_times = result["step_s"]
     if step_times:
         median = statistics.median(step_times)
         result.update(
@@ -394,10 +402,12 @@ def run_worker(args):
             mean_s_per_step=statistics.fmean(step_times),
             min_s_per_step=min(step_times),
             max_s_per_step=max(step_times),
-            images_per_s=args.batch_size / median,
-            median_cpu_s_per_step=statistics.median(step_cpu),
+            images_per_s=result["global_batch_size"] / median,
+            median_cpu_s_per_step=statistics.median(result["step_cpu_s"]),
             compile_overhead_s=result.get("compile_s", median) - median,
         )
+    elif "error" in result and result["xla"] and result["replicas"] > 1:
+        result["status"] = distributed.refusal(result["error"])
     # The process-wide peak is max(peak up to the reset, peak since the reset).
     result["peak_rss_steady_gib"] = _gib(peak_rss_bytes())
     result["peak_rss_gib"] = max(
@@ -408,30 +418,65 @@ def run_worker(args):
     if not result.get("peak_rss_reset_ok", False):
         result["peak_rss_steady_gib"] = None  # reset unsupported: same as overall
     if gpus:
-        info = tf.config.experimental.get_memory_info("GPU:0")
-        result["gpu_peak_steady_gib"] = _gib(info["peak"])
-        result["gpu_peak_gib"] = max(
-            result.get("gpu_peak_compile_gib") or 0.0, result["gpu_peak_steady_gib"]
-        )
-    result["device"] = gpus[0].name if gpus else "CPU"
-    save()
+        steady = distributed.gpu_peaks_gib(tf, gpus)
+        compile_ = result.get("gpu_peaks_compile_gib") or [0.0] * len(gpus)
+        result["gpu_peaks_steady_gib"] = steady
+        result["gpu_peaks_gib"] = [max(a, b) for a, b in zip(compile_, steady)]
+        result["gpu_peak_steady_gib"] = max(steady)
+        result["gpu_peak_gib"] = max(result["gpu_peaks_gib"])
+    result["device"] = ", ".join(gpus) if gpus else "CPU"
 
-    if args.profile and step_times:
+
+def _extras(args, result, model, images, step):
+    """The optional --profile and --breakdown runs after the timed steps."""
+    if not result["step_s"]:
+        return
+    if args.profile:
         try:
-            result["profile"] = run_profile(step, args, log)
+            result["profile"] = run_profile(step, args, lambda msg: _log(result, msg))
         except Exception as e:
             result["profile_error"] = f"{type(e).__name__}: {e}"
-            log(result["profile_error"])
-        save()
-    if args.breakdown and step_times:
+            _log(result, result["profile_error"])
+        _save(result, args._worker_out)
+    if args.breakdown:
         try:
-            result["breakdown"] = run_breakdown(model, images, xla, args, log)
+            log = lambda msg: _log(result, msg)  # noqa: E731
+            result["breakdown"] = run_breakdown(model, images, result["xla"], args, log)
         except Exception as e:
             result["breakdown_error"] = f"{type(e).__name__}: {e}"
-            log(result["breakdown_error"])
-        save()
+            _log(result, result["breakdown_error"])
+        _save(result, args._worker_out)
+
+
+def run_worker(args):
+    """Benchmark one variant in this process; writes a JSON dict to args._worker_out."""
+    t_start = time.perf_counter()
+    result = {
+        "variant": distributed.variant_name(args.distribute, args._worker_xla),
+        "xla": args._worker_xla == "on",
+        "distribute": args.distribute,
+        "status": "error",
+    }
+    np, tf, keras_nvae = _import_tf(args, result)
+    strategy = distributed.make_strategy(tf, args.distribute, args.logical_cpus)
+    result["replicas"] = strategy.num_replicas_in_sync
+    result["global_batch_size"] = args.batch_size * result["replicas"]
+    gpus = distributed.gpu_names(tf)
+    model = _build_model(args, result, strategy, keras_nvae)
+    images = _synthetic_images(np, model.config, result["global_batch_size"], args.seed)
+    iterator = iter(distributed.image_dataset(tf, strategy, images))
+    train_function = model.train_function
+
+    def step():
+        # Materialise: pull every returned value back to the host.
+        return {k: float(np.asarray(v)) for k, v in train_function(iterator).items()}
+
+    _run_steps(args, result, step, tf, gpus)
+    _summarise(result, tf, gpus)
+    _save(result, args._worker_out)
+    _extras(args, result, model, images, step)
     result["worker_wall_s"] = time.perf_counter() - t_start
-    save()
+    _save(result, args._worker_out)
 
 
 # Phases of a train step, by op name (first match wins).
@@ -659,9 +704,8 @@ def _materialise(value, np):
 
 
 # -------------------------------------------------------------------- parent
-def _worker_command(args, xla):
-    argv = [a for a in sys.argv[1:]]
-    # Drop a user-given --xla; the worker gets its own.
+def _worker_command(argv, xla):
+    """The worker's command line: `argv` without its `--xla`, plus the worker's own."""
     cleaned, skip = [], False
     for a in argv:
         if skip:
@@ -676,11 +720,24 @@ def _worker_command(args, xla):
     return [sys.executable, os.path.abspath(__file__)] + cleaned + ["--_worker_xla", xla]
 
 
-def run_variant(args, xla):
+def run_variant(args, xla, argv=None):
+    """Run one variant in a subprocess and return its result dict.
+
+    Args:
+        args: the parsed flags (`--timeout_s`, `--env`, `--distribute` are read here).
+        xla: `"off"` or `"on"`.
+        argv: the flags the worker gets (default: this process's `sys.argv[1:]`).
+
+    Returns:
+        The worker's JSON dict plus `subprocess_rc`, `subprocess_wall_s` and a
+        `status` of `timeout` / `failed (rc=N)` when the worker did not finish.
+    """
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out_path = f.name
-    cmd = _worker_command(args, xla) + ["--_worker_out", out_path]
-    print(f"== running variant xla_{xla} in a subprocess", file=sys.stderr, flush=True)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cmd = _worker_command(argv, xla) + ["--_worker_out", out_path]
+    name = distributed.variant_name(args.distribute, xla)
+    print(f"== running variant {name} in a subprocess", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     timed_out = False
     env = dict(os.environ)
@@ -693,7 +750,7 @@ def run_variant(args, xla):
         rc = proc.wait()
         timed_out = True
     wall = time.perf_counter() - t0
-    result = {"variant": f"xla_{xla}", "xla": xla == "on"}
+    result = {"variant": name, "xla": xla == "on", "distribute": args.distribute}
     try:
         with open(out_path) as f:
             result.update(json.load(f))
@@ -719,61 +776,64 @@ def _fmt(v, spec):
     return "-" if v is None else format(v, spec)
 
 
-def print_table(args, results):
-    base = next((r for r in results if r.get("images_per_s")), None)
-    has_gpu = any(r.get("gpu_peak_gib") is not None for r in results)
-    has_ext = args.baseline_s_per_step or args.baseline_rss_gib
-    header = [
-        "variant",
-        "status",
-        "compile s",
-        "median s/step",
-        "cpu s/step",
-        "images/s",
-        "peak RSS GiB",
-        "steady RSS GiB",
-    ]
+def _table_header(args, base, has_gpu):
+    header = ["variant", "status", "replicas", "global batch", "compile s", "median s/step"]
+    header += ["cpu s/step", "images/s", "peak RSS GiB", "steady RSS GiB"]
     if has_gpu:
-        header.append("GPU peak GiB")
+        header.append("GPU peak GiB (per GPU)")
     header.append(f"x vs {base['variant']}" if base else "x vs first")
     if args.baseline_s_per_step:
         header.append("speed-up vs baseline")
     if args.baseline_rss_gib:
         header.append("RSS vs baseline")
-    rows = []
-    for r in results:
-        ips = r.get("images_per_s")
-        row = [
-            r["variant"],
-            r.get("status", "?"),
-            _fmt(r.get("compile_s"), ".1f"),
-            _fmt(r.get("median_s_per_step"), ".3f"),
-            _fmt(r.get("median_cpu_s_per_step"), ".2f"),
-            _fmt(ips, ".2f"),
-            _fmt(r.get("peak_rss_gib"), ".2f"),
-            _fmt(r.get("peak_rss_steady_gib"), ".2f"),
-        ]
-        if has_gpu:
-            row.append(_fmt(r.get("gpu_peak_gib"), ".2f"))
-        row.append(_fmt(ips / base["images_per_s"], ".2f") if (ips and base) else "-")
-        if args.baseline_s_per_step:
-            m = r.get("median_s_per_step")
-            row.append(_fmt(args.baseline_s_per_step / m if m else None, ".2f"))
-        if args.baseline_rss_gib:
-            m = r.get("peak_rss_gib")
-            row.append(_fmt(m / args.baseline_rss_gib if m else None, ".2f"))
-        rows.append(row)
+    return header
+
+
+def _table_row(args, r, base, has_gpu):
+    ips = r.get("images_per_s")
+    status = r.get("status", "?")
+    row = [
+        r["variant"],
+        status if len(status) <= 50 else status[:47] + "...",  # in full under the table
+        _fmt(r.get("replicas"), "d"),
+        _fmt(r.get("global_batch_size"), "d"),
+        _fmt(r.get("compile_s"), ".1f"),
+        _fmt(r.get("median_s_per_step"), ".3f"),
+        _fmt(r.get("median_cpu_s_per_step"), ".2f"),
+        _fmt(ips, ".2f"),
+        _fmt(r.get("peak_rss_gib"), ".2f"),
+        _fmt(r.get("peak_rss_steady_gib"), ".2f"),
+    ]
+    if has_gpu:
+        row.append(distributed.format_gpu_peaks(r.get("gpu_peaks_gib")))
+    row.append(_fmt(ips / base["images_per_s"], ".2f") if (ips and base) else "-")
+    if args.baseline_s_per_step:
+        m = r.get("median_s_per_step")
+        row.append(_fmt(args.baseline_s_per_step / m if m else None, ".2f"))
+    if args.baseline_rss_gib:
+        m = r.get("peak_rss_gib")
+        row.append(_fmt(m / args.baseline_rss_gib if m else None, ".2f"))
+    return row
+
+
+def print_table(args, results):
+    """Print the run's settings, one table row per variant, then the details."""
+    base = next((r for r in results if r.get("images_per_s")), None)
+    has_gpu = any(r.get("gpu_peaks_gib") for r in results)
+    header = _table_header(args, base, has_gpu)
+    rows = [_table_row(args, r, base, has_gpu) for r in results]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths))  # noqa: E731
     print()
     print(
         f"NVAE train throughput: preset={args.preset} batch={args.batch_size} "
+        f"distribute={args.distribute} "
         f"mixed_precision={args.mixed_precision} overrides={args.overrides} "
         + (f"tf_optimizer={dict(args.tf_optimizer)} " if args.tf_optimizer else "")
         + (f"env={args.env} " if args.env else "")
         + f"warmup={args.warmup_steps} timed steps={args.steps}"
     )
-    if has_ext:
+    if args.baseline_s_per_step or args.baseline_rss_gib:
         print(
             f"external baseline: {_fmt(args.baseline_s_per_step, '.3f')} s/step, "
             f"{_fmt(args.baseline_rss_gib, '.2f')} GiB peak RSS "
@@ -783,6 +843,11 @@ def print_table(args, results):
     print(line(["-" * w for w in widths]))
     for row in rows:
         print(line(row))
+    _print_details(results)
+
+
+def _print_details(results):
+    """Load averages, profiles, breakdowns and errors of the variants."""
     for r in results:
         la, lb = r.get("loadavg_start"), r.get("loadavg_end")
         if la and lb:
@@ -792,22 +857,8 @@ def print_table(args, results):
                 "cpu s/step is this process's CPU time)"
             )
     for r in results:
-        prof = r.get("profile")
-        if prof:
-            print(
-                f"\nprofile ({r['variant']}): {prof['op_time_s_per_step']:.2f}s of op time "
-                f"(all threads) per step, wall {prof['wall_s_per_step_profiled']:.2f}s"
-            )
-            for title, key in (
-                ("by phase", "by_phase"),
-                ("by op type", "by_op_type"),
-                ("by op type and phase", "by_op_type_and_phase"),
-                ("by layer group", "by_layer_group"),
-                ("by sub-layer", "by_sublayer"),
-            ):
-                print(f"  {title}:")
-                for name, sec, frac in prof[key][:15]:
-                    print(f"    {sec:8.3f}s {100 * frac:5.1f}%  {name}")
+        if r.get("profile"):
+            _print_profile(r["variant"], r["profile"])
     for r in results:
         if r.get("breakdown"):
             print(f"\nbreakdown ({r['variant']}), median s per call:")
@@ -815,6 +866,23 @@ def print_table(args, results):
                 print(f"  {v['median_s']:8.3f}  (first {v['first_call_s']:7.2f})  {name}")
         if r.get("error"):
             print(f"\n{r['variant']} error: {r['error']}")
+
+
+def _print_profile(variant, prof):
+    print(
+        f"\nprofile ({variant}): {prof['op_time_s_per_step']:.2f}s of op time "
+        f"(all threads) per step, wall {prof['wall_s_per_step_profiled']:.2f}s"
+    )
+    for title, key in (
+        ("by phase", "by_phase"),
+        ("by op type", "by_op_type"),
+        ("by op type and phase", "by_op_type_and_phase"),
+        ("by layer group", "by_layer_group"),
+        ("by sub-layer", "by_sublayer"),
+    ):
+        print(f"  {title}:")
+        for name, sec, frac in prof[key][:15]:
+            print(f"    {sec:8.3f}s {100 * frac:5.1f}%  {name}")
 
 
 def _find_max_batch(args, argv):
@@ -831,19 +899,26 @@ def _find_max_batch(args, argv):
     return 0 if report["max_batch"] else 1
 
 
+def _worker_main(args):
+    try:
+        run_worker(args)
+    except BaseException as e:
+        # Record the failure for the parent unless the worker saved results.
+        if args._worker_out and not os.path.getsize(args._worker_out):
+            with open(args._worker_out, "w") as f:
+                json.dump({"status": "error", "error": f"{type(e).__name__}: {e}"}, f)
+        raise
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if args._worker_xla is not None:
-        try:
-            run_worker(args)
-        except BaseException as e:
-            # Record the failure for the parent unless the worker saved results.
-            if args._worker_out and not os.path.getsize(args._worker_out):
-                with open(args._worker_out, "w") as f:
-                    json.dump({"status": "error", "error": f"{type(e).__name__}: {e}"}, f)
-            raise
-        return 0
+        _worker_main(args)
+        # The results are saved: skip the interpreter's teardown of TF state (seconds).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     # Checked here, before any variant runs; workers parse it again after their timed imports.
     from keras_nvae.config import parse_overrides
 
@@ -851,25 +926,41 @@ def main(argv=None):
         args.overrides = parse_overrides(args.override)
     except ValueError as error:
         parser.error(str(error))
+    if args.distribute != "none" and args.breakdown:
+        parser.error("--breakdown times one replica's pieces; run it with --distribute none")
+    argv = sys.argv[1:] if argv is None else list(argv)
     if args.find_max_batch:
-        return _find_max_batch(args, sys.argv[1:] if argv is None else list(argv))
+        return _find_max_batch(args, argv)
     variants = {"off": ["off"], "on": ["on"], "both": ["off", "on"]}[args.xla]
     output = args.output_json or os.path.join(
         _HERE, "results", f"{args.preset}_b{args.batch_size}.json"
     )
-    results = [run_variant(args, v) for v in variants]
+    results = [run_variant(args, v, argv) for v in variants]
+    report = _report(args, results)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, "w") as f:
+        json.dump(report, f, indent=2)
+    print_table(args, results)
+    print(f"\nwrote {output}")
+    return 0 if all(r.get("status") == "ok" for r in results) else 1
 
+
+def _version(name):
     import importlib.metadata as md
 
-    def version(name):
-        try:
-            return md.version(name)
-        except md.PackageNotFoundError:
-            return None
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return None
 
+
+def _report(args, results):
+    """The JSON report: settings, environment and the variants' results with ratios."""
     report = {
         "preset": args.preset,
         "batch_size": args.batch_size,
+        "distribute": args.distribute,
+        "logical_cpus": args.logical_cpus,
         "overrides": args.overrides,
         "mixed_precision": args.mixed_precision,
         "tf_optimizer": dict(args.tf_optimizer),
@@ -885,9 +976,9 @@ def main(argv=None):
             "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
             "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "tensorflow": version("tensorflow"),
-            "keras": version("keras"),
-            "keras_nvae": version("keras_nvae") or version("keras-nvae"),
+            "tensorflow": _version("tensorflow"),
+            "keras": _version("keras"),
+            "keras_nvae": _version("keras_nvae") or _version("keras-nvae"),
             "threads": args.threads,
             "inter_op_threads": args.inter_op_threads,
         },
@@ -902,12 +993,7 @@ def main(argv=None):
             r["speedup_vs_baseline"] = args.baseline_s_per_step / r["median_s_per_step"]
         if args.baseline_rss_gib and r.get("peak_rss_gib"):
             r["rss_vs_baseline"] = r["peak_rss_gib"] / args.baseline_rss_gib
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output, "w") as f:
-        json.dump(report, f, indent=2)
-    print_table(args, results)
-    print(f"\nwrote {output}")
-    return 0 if all(r.get("status") == "ok" for r in results) else 1
+    return report
 
 
 if __name__ == "__main__":
