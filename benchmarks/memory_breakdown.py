@@ -4,21 +4,30 @@ Adds up the peak RSS of a training process from parts measured or computed
 independently, and prints each part next to the measured peak:
 
 * runtime: RSS after importing TensorFlow, Keras and keras_nvae (measured);
-* parameters, optimizer slots, gradients: sizes of the model's variables, of
-  the optimizer's variables and of one float32 gradient per trainable
-  variable (computed);
-* activations kept for the backward pass: every tensor of the traced
+* tensors in use at the step's peak: the peak bytes of TensorFlow's CPU
+  allocator over the timed steps (`tf.config.experimental.get_memory_info`,
+  measured), split into parameters, optimizer slots and one float32
+  gradient per trainable variable (sizes of the variables, computed), the
+  activations kept for the backward pass (every tensor of the traced
   forward + backward graph that a forward op produces and a backward op
-  reads, sized from its static shape, summed by tower and by latent group
-  (computed from the graph, before TF's graph optimisation);
-* graph and executor state: RSS at rest after two train steps, minus the
-  runtime, parameters, slots and kept activations (measured), taken from a
-  run at a small batch (`--reference_json`): at larger batches the
-  allocator keeps the freed activation memory at rest;
-* the step's measured peak: VmHWM over further train steps after a reset.
+  reads, sized from its static shape, summed by tower and by latent group;
+  computed from the graph, before TF's graph optimisation) and the other
+  tensors live at that moment (the working set of the ops running then:
+  the allocator's peak less the computed parts);
+* graph and executor state: RSS at rest after two train steps less the
+  runtime and the allocator's peak so far (its pool keeps what it once
+  held), from a run at a small batch (`--reference_json`), where the pool
+  is small;
+* allocator slack: RSS at rest less the runtime, the graph and executor
+  state and the allocator's peak so far: memory the pool keeps beyond the
+  most it had in use at once (fragmentation); zero by construction in the
+  reference run itself;
+* the step's measured peak: VmHWM over the timed steps after a reset.
 
-What the computed parts do not explain (oneDNN scratch, the largest
-transient working set, the allocator's slack) is the remainder.
+What these parts leave of the measured peak is the remainder: memory
+allocated outside the pool during the step and freed after it (glibc,
+oneDNN's own scratch). Allocations under 256 KiB bypass the pool and its
+statistics, so the allocator figures of very small models are zero.
 
 Example:
 
@@ -74,8 +83,8 @@ def build_parser():
         "--reference_json",
         default=None,
         help="this script's JSON for the same setting at a small batch (e.g. 1): its RSS at "
-        "rest, less its parameters, slots and kept activations, is the graph and executor "
-        "state (at the measured batch the allocator keeps freed activation memory at rest)",
+        "rest, less the runtime and the allocator's peak, is the graph and executor state "
+        "(at the measured batch the allocator's pool holds freed activation memory at rest)",
     )
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -270,6 +279,10 @@ def measure(args):
     model.train_function(dataset)
     malloc_trim()
     result["rss_at_rest_gib"] = current_rss_bytes() / _GIB
+    allocator = tf.config.experimental.get_memory_info("CPU:0")
+    result["allocator_at_rest_gib"] = allocator["current"] / _GIB
+    result["allocator_peak_so_far_gib"] = allocator["peak"] / _GIB
+    tf.config.experimental.reset_memory_stats("CPU:0")
     reset_peak_rss()
     times = []
     for _ in range(args.steps):
@@ -279,17 +292,16 @@ def measure(args):
         times.append(time.perf_counter() - t0)
     result["step_s"] = times
     result["peak_rss_step_gib"] = peak_rss_bytes() / _GIB
+    result["allocator_step_peak_gib"] = tf.config.experimental.get_memory_info("CPU:0")["peak"] / _GIB
     return result
 
 
 def graph_and_executor_gib(reference):
-    """Graph and executor state from a run at a small batch: its RSS at rest less the rest."""
+    """Graph and executor state from a run at a small batch: RSS at rest less runtime and pool."""
     return (
         reference["rss_at_rest_gib"]
         - reference["runtime_gib"]
-        - reference["parameters_gib"]
-        - reference["optimizer_slots_gib"]
-        - reference["kept_activations_gib"]
+        - reference["allocator_peak_so_far_gib"]
     )
 
 
@@ -327,16 +339,21 @@ def print_report(result):
     if "peak_rss_step_gib" not in r:
         _print_kept(r)
         return
-    computed = (
+    r["variables_gib"] = r["parameters_gib"] + r["optimizer_slots_gib"]
+    r["step_tensors_gib"] = r["allocator_step_peak_gib"] - r["variables_gib"]
+    r["allocator_slack_gib"] = (
+        r["rss_at_rest_gib"]
+        - r["runtime_gib"]
+        - r["graph_and_executor_gib"]
+        - r["allocator_peak_so_far_gib"]
+    )
+    r["sum_of_parts_gib"] = (
         r["runtime_gib"]
         + r["graph_and_executor_gib"]
-        + r["parameters_gib"]
-        + r["optimizer_slots_gib"]
-        + r["gradients_gib"]
-        + r["kept_activations_gib"]
+        + r["allocator_step_peak_gib"]
+        + r["allocator_slack_gib"]
     )
-    r["sum_of_parts_gib"] = computed
-    r["remainder_gib"] = r["peak_rss_step_gib"] - computed
+    r["remainder_gib"] = r["peak_rss_step_gib"] - r["sum_of_parts_gib"]
     rows = [
         ("runtime (TF, Keras, keras_nvae imported)", r["runtime_gib"], "measured"),
         (
@@ -344,13 +361,20 @@ def print_report(result):
             r["graph_and_executor_gib"],
             "measured",
         ),
-        ("parameters", r["parameters_gib"], "computed"),
-        ("optimizer slots", r["optimizer_slots_gib"], "computed"),
-        ("gradients (float32)", r["gradients_gib"], "computed"),
-        ("activations kept for backward", r["kept_activations_gib"], "computed"),
-        ("sum of the parts", computed, ""),
+        ("tensors in use at the step's peak (TF allocator)", r["allocator_step_peak_gib"], "measured"),
+        ("  variables: parameters + optimizer slots", r["variables_gib"], "computed"),
+        ("  activations, gradients, working set", r["step_tensors_gib"], "peak - variables"),
+        ("    for comparison: activations kept for backward", r["kept_activations_gib"], "computed"),
+        ("    for comparison: gradients (float32)", r["gradients_gib"], "computed"),
+        ("allocator slack (pool at rest beyond its peak in use)", r["allocator_slack_gib"], "measured"),
+        ("sum of the parts", r["sum_of_parts_gib"], ""),
         ("measured step peak RSS", r["peak_rss_step_gib"], "measured"),
-        ("remainder (scratch, working set, slack)", r["remainder_gib"], ""),
+        (
+            f"remainder (transient memory outside the pool): "
+            f"{100 * r['remainder_gib'] / r['peak_rss_step_gib']:.1f} % of the peak",
+            r["remainder_gib"],
+            "",
+        ),
     ]
     for name, gib, how in rows:
         print(f"  {gib:8.3f} GiB  {name}  {how}")

@@ -164,3 +164,54 @@ def test_recomputed_groups_keep_less_for_the_backward_pass_than_recomputed_cells
     # recomputed cells keep there is their inputs, which "group" does not keep either.
     sampler = lambda k: sum(v for (tower, _), v in k.items() if tower.startswith("samplers"))  # noqa: E731
     assert sampler(kept["group"]) < sampler(kept["cell"]) <= sampler(kept["none"])
+
+
+def _breakdown_result(**measured):
+    result = dict(
+        preset="tiny", batch_size=8, overrides={}, runtime_gib=0.5, graph_and_executor_gib=1.0,
+        graph_reference_batch_size=1, parameters_gib=0.25, optimizer_slots_gib=0.5,
+        gradients_gib=0.25, kept_activations_gib=2.0, kept_by_region_gib={}, compile_s=1.0,
+        step_s=[1.0], peak_rss_compile_gib=7.0, rss_at_rest_gib=6.0,
+        allocator_peak_so_far_gib=4.0, allocator_step_peak_gib=3.75, peak_rss_step_gib=6.25,
+    )
+    result.update(measured)
+    return result
+
+
+def test_memory_breakdown_parts_are_the_measured_quantities(capsys):
+    breakdown = _load("memory_breakdown")
+    reference = _breakdown_result(batch_size=1, rss_at_rest_gib=3.0, allocator_peak_so_far_gib=1.25)
+    assert breakdown.graph_and_executor_gib(reference) == 1.25  # 3.0 - 0.5 - 1.25
+    result = _breakdown_result()
+    breakdown.print_report(result)
+    assert result["variables_gib"] == 0.75
+    assert result["step_tensors_gib"] == 3.0  # the allocator's peak less the variables
+    assert result["allocator_slack_gib"] == 0.5  # 6.0 at rest - 0.5 - 1.0 - 4.0
+    assert result["sum_of_parts_gib"] == 5.75  # 0.5 + 1.0 + 3.75 + 0.5
+    assert result["remainder_gib"] == 0.5
+    assert "8.0 % of the peak" in capsys.readouterr().out
+
+
+def test_memory_breakdown_of_a_small_model_adds_up(tmp_path):
+    # 32 channels at batch 32: activations large enough for TF's pooled CPU allocator
+    # (it does not see allocations under 256 KiB), variables too small for it.
+    import subprocess
+    import sys
+
+    out = tmp_path / "breakdown.json"
+    cmd = [
+        sys.executable, os.path.join(_BENCHMARKS, "memory_breakdown.py"), "--preset", "tiny",
+        "--batch_size", "32", "--steps", "1", "--override", "num_latent_scales=1",
+        "--override", "num_flows=0", "--override", "num_channels_enc=32",
+        "--override", "num_channels_dec=32", "--output_json", str(out),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    # Its own reference: the graph state is what rest RSS holds beyond runtime and pool.
+    assert abs(r["allocator_slack_gib"]) < 1e-9
+    # The allocator saw the step's tensors: about the activations the traced graph keeps.
+    assert 0.5 * r["kept_activations_gib"] < r["step_tensors_gib"] < 4 * r["kept_activations_gib"]
+    assert r["allocator_step_peak_gib"] <= r["allocator_peak_so_far_gib"] * 1.5
+    assert abs(r["remainder_gib"]) < 0.1 * r["peak_rss_step_gib"]
+    assert "tensors in use at the step's peak" in proc.stdout
