@@ -57,6 +57,48 @@ class RuntimeStepFunction:
         return call(iterator)
 
 
+class RuntimeStepFunctions:
+    """Train and test functions as `RuntimeStepFunction`s: a mixin for `keras.Model`s.
+
+    Without XLA, a distribution strategy or `steps_per_execution`, `fit`,
+    `evaluate` and validation run the model's steps as `RuntimeStepFunction`s:
+    the same steps, without the Python copies of their graphs. Otherwise, and
+    where this TensorFlow lacks what they need (`is_supported`), Keras's own.
+
+    Example:
+
+    >>> class MyModel(RuntimeStepFunctions, keras.Model):
+    ...     ...
+    """
+
+    def make_train_function(self, force=False):
+        if self.train_function is None or force:
+            super().make_train_function(force=force)
+            if self._runs_runtime_step_functions():
+                self.train_function = RuntimeStepFunction(self.train_step, self.train_function)
+        return self.train_function
+
+    def make_test_function(self, force=False):
+        if self.test_function is None or force:
+            super().make_test_function(force=force)
+            if self._runs_runtime_step_functions():
+                self.test_function = RuntimeStepFunction(self.test_step, self.test_function)
+        return self.test_function
+
+    def _runs_runtime_step_functions(self):
+        default_strategy = (
+            not tf.distribute.has_strategy()
+            and self.distribute_strategy is tf.distribute.get_strategy()
+        )
+        return (
+            default_strategy
+            and not self.run_eagerly
+            and not self.jit_compile
+            and self.steps_per_execution == 1
+            and is_supported()
+        )
+
+
 @functools.lru_cache(maxsize=None)
 def is_supported():
     """Whether this TensorFlow exposes what `RuntimeStepFunction` relies on.

@@ -34,7 +34,7 @@ METRIC_NAMES = (
 DEFAULT_TOTAL_STEPS = 10_000
 
 
-class NVAETrainer:
+class NVAETrainer(nvae_step_function.RuntimeStepFunctions):
     """How an NVAE network is trained: a mixin for `keras.Model` subclasses.
 
     It owns the training state (step counter, the number of steps the
@@ -416,46 +416,6 @@ class NVAETrainer:
         for name, tracker in self._trackers.items():
             if name in values:
                 tracker.update_state(values[name], sample_weight=weight)
-
-    def make_train_function(self, force=False):
-        """Keras's train function, or one that keeps a single runtime graph.
-
-        Without XLA, distribution or `steps_per_execution`, the step runs as a
-        `step_function.RuntimeStepFunction`: the same update, without the
-        Python copies of the step's graph that Keras keeps (less memory).
-        """
-        if self.train_function is not None and not force:
-            return self.train_function
-        super().make_train_function(force=force)
-        if self._runs_runtime_step_functions():
-            self.train_function = nvae_step_function.RuntimeStepFunction(
-                self.train_step, self.train_function
-            )
-        return self.train_function
-
-    def make_test_function(self, force=False):
-        """Keras's test function, or a `RuntimeStepFunction` (see `make_train_function`)."""
-        if self.test_function is not None and not force:
-            return self.test_function
-        super().make_test_function(force=force)
-        if self._runs_runtime_step_functions():
-            self.test_function = nvae_step_function.RuntimeStepFunction(
-                self.test_step, self.test_function
-            )
-        return self.test_function
-
-    def _runs_runtime_step_functions(self):
-        default_strategy = (
-            not tf.distribute.has_strategy()
-            and self.distribute_strategy is tf.distribute.get_strategy()
-        )
-        return (
-            default_strategy
-            and not self.run_eagerly
-            and not self.jit_compile
-            and self.steps_per_execution == 1
-            and nvae_step_function.is_supported()
-        )
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # NVAE is built when it is constructed, so only the optimizer is left to
