@@ -44,6 +44,7 @@ import argparse
 import collections
 import contextlib
 import functools
+import gc
 import json
 import os
 import re
@@ -210,6 +211,8 @@ def trace_kept_activations(model, spec):
     """
     import tensorflow as tf
 
+    from keras_nvae.training import step_function
+
     @tf.function(autograph=False)
     def forward(x):
         return model.compute_objective(x, training=True)["loss"]
@@ -220,11 +223,16 @@ def trace_kept_activations(model, spec):
             loss = model.compute_objective(x, training=True)["loss"]
         return tape.gradient(loss, model.trainable_variables)
 
-    with scope_latent_groups():
-        return kept_activations(
+    # The traced graphs are let go (with the gradient registrations that would hold them), so
+    # that the step measured afterwards holds only what training holds.
+    with scope_latent_groups(), step_function.custom_gradients_released():
+        kept = kept_activations(
             forward.get_concrete_function(spec).graph,
             forward_backward.get_concrete_function(spec).graph,
         )
+    del forward, forward_backward
+    gc.collect()
+    return kept
 
 
 # --------------------------------------------------------------------- worker

@@ -11,7 +11,9 @@ into one graph, registers it with the runtime and lets the Python graph go
 before the first call.
 """
 
+import contextlib
 import functools
+import gc
 
 import tensorflow as tf
 from tensorflow.python.eager import context
@@ -126,14 +128,16 @@ def _runtime_call(step_fn, iterator):
     def one_step(iterator):
         return step_fn(iterator.get_next())
 
-    registered = set(_gradient_registry())
-    concrete = tf.function(one_step, autograph=False).get_concrete_function(iterator)
-    _forget_custom_gradients(registered)
+    with custom_gradients_released():
+        concrete = tf.function(one_step, autograph=False).get_concrete_function(iterator)
     atomic = concrete._inference_function
     captures = list(concrete.captured_inputs)
     function_type = atomic.function_type
     del concrete
     _release_graphs(atomic, set())
+    # The graph is made of reference cycles: collect it now, before the first call
+    # builds the runtime's executor, rather than whenever the collector next runs.
+    gc.collect()
 
     def call(iterator):
         bound = function_type.bind(iterator)
@@ -146,18 +150,29 @@ def _runtime_call(step_fn, iterator):
     return call
 
 
-def _forget_custom_gradients(registered):
-    """Unregister the gradient functions `tf.custom_gradient` registered since `registered`.
+@contextlib.contextmanager
+def custom_gradients_released():
+    """Unregister, on exit, the gradient functions `tf.custom_gradient` registered inside.
 
-    In a graph, `tf.custom_gradient` (the fused BN-Swish-conv, `tf.recompute_grad`)
-    registers its gradient function globally, for good; its closure holds
-    tensors of the traced graph and so the whole graph. The step's backward
-    pass is already traced, so nothing needs them again.
+    In a graph, `tf.custom_gradient` (the fused BN-Swish-conv,
+    `tf.recompute_grad`) registers its gradient function globally, for good;
+    its closure holds tensors of the traced graph and so the whole graph.
+    Use it around a trace whose backward pass is traced inside it, so that
+    nothing needs them again.
+
+    Example:
+
+    >>> with custom_gradients_released():
+    ...     concrete = tf.function(step).get_concrete_function(spec)
     """
     registry = _gradient_registry()
-    for name in set(registry) - registered:
-        if name.startswith("CustomGradient-"):
-            del registry[name]
+    registered = set(registry)
+    try:
+        yield
+    finally:
+        for name in set(registry) - registered:
+            if name.startswith("CustomGradient-"):
+                del registry[name]
 
 
 def _release_graphs(atomic, seen):
