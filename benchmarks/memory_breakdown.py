@@ -6,22 +6,24 @@ independently, and prints each part next to the measured peak:
 * runtime: RSS after importing TensorFlow, Keras and keras_nvae (measured);
 * tensors in use at the step's peak: the peak bytes of TensorFlow's CPU
   allocator over the timed steps (`tf.config.experimental.get_memory_info`,
-  measured), split into parameters, optimizer slots and one float32
-  gradient per trainable variable (sizes of the variables, computed), the
-  activations kept for the backward pass (every tensor of the traced
-  forward + backward graph that a forward op produces and a backward op
-  reads, sized from its static shape, summed by tower and by latent group;
-  computed from the graph, before TF's graph optimisation) and the other
-  tensors live at that moment (the working set of the ops running then:
-  the allocator's peak less the computed parts);
+  measured), split into the variables (parameters and optimizer slots,
+  computed from their sizes) and the rest (activations, gradients and the
+  working set at that moment: the allocator's peak less the variables),
+  printed beside two computed sizes for comparison: one float32 gradient
+  per trainable variable, and the activations kept for the backward pass
+  (every tensor of the traced forward + backward graph that a forward op
+  produces and a backward op reads, sized from its static shape, summed by
+  tower and by latent group; computed from the graph, before TF's graph
+  optimisation);
 * graph and executor state: RSS at rest after two train steps less the
   runtime and the allocator's peak so far (its pool keeps what it once
   held), from a run at a small batch (`--reference_json`), where the pool
   is small;
 * allocator slack: RSS at rest less the runtime, the graph and executor
-  state and the allocator's peak so far: memory the pool keeps beyond the
-  most it had in use at once (fragmentation); zero by construction in the
-  reference run itself;
+  state and the allocator's peak so far: memory held at rest beyond the
+  most the pool had in use at once (the pool's fragmentation and what glibc
+  keeps after `malloc_trim`); zero by construction in the reference run
+  itself;
 * the step's measured peak: VmHWM over the timed steps after a reset.
 
 What these parts leave of the measured peak is the remainder: memory
@@ -374,7 +376,7 @@ def print_report(result):
         ("  activations, gradients, working set", r["step_tensors_gib"], "peak - variables"),
         ("    for comparison: activations kept for backward", r["kept_activations_gib"], "computed"),
         ("    for comparison: gradients (float32)", r["gradients_gib"], "computed"),
-        ("allocator slack (pool at rest beyond its peak in use)", r["allocator_slack_gib"], "measured"),
+        ("allocator slack (held at rest beyond the pool's peak)", r["allocator_slack_gib"], "measured"),
         ("sum of the parts", r["sum_of_parts_gib"], ""),
         ("measured step peak RSS", r["peak_rss_step_gib"], "measured"),
         (
